@@ -1,0 +1,287 @@
+"""RunConfig: every setting of a run, with the paper's defaults (REFERENCE.md section 2).
+
+The command line is generated from the dataclass (`parse_args`); nothing is duplicated by
+hand. Class indices on the command line are 1-based, as in the original; `parse_args`
+converts them once into the 0-based `RunConfig.classes`.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils import UsageError, parse_bool, parse_class_spec
+
+HERE = Path(__file__).resolve().parent
+SD_1_4 = "CompVis/stable-diffusion-v1-4"
+SD_2_1 = "stabilityai/stable-diffusion-2-1-base"
+CLASSIFIER_PRESETS = ("inet", "inat", "cub")
+
+
+@dataclass
+class RunConfig:
+    # --- what to do ---
+    class_index: str = "283"  # 1-based class(es): "283", a range "1-1000", or a list "283,285,290-299"
+    class_name: str = ""  # select the class by name instead (e.g. "tiger cat"); wins over class_index
+    train: bool = True  # train the class token
+    evaluate: bool = True  # compare "A photo of S_c <class>" with "A photo of a <class>"
+    generate: int = 0  # after training, write this many images per class with the token (ImageFolder layout)
+    preset: str = ""  # "digits": the shipped miniature world (digits/); explicit flags still win
+    exp_id: str = "default"  # names the run's folder under pipeline_token/<class>/ and img/<class>/
+    output_path: str = "."  # pipeline_token/, img/, generated/ and results.csv are written here
+    skip_exists: bool = False  # skip classes whose token (and metrics, when evaluating) already exist
+    # --- models ---
+    sd_model: str = SD_1_4  # hub id or local folder in the diffusers layout
+    sd_2_1: bool = False  # use stabilityai/stable-diffusion-2-1-base (when sd_model is left at its default)
+    classifier: str = "inet"  # inet | inat | cub | a transformers hub id or folder | timm/<model name>
+    classifier_pooling: str = "auto"  # cls | mean (MAE heads: mean of patch tokens, norm, head) | auto
+    eval_classifier: str = ""  # a second classifier that judges evaluation too (empty: only `classifier`)
+    placeholder_token: str = "newclas"  # the new token S_c
+    initializer_token: str = "a"  # S_c starts from this token's embedding
+    # --- training (REFERENCE.md section 2) ---
+    num_train_epochs: int = 50  # at most this many epochs, one optimizer step each
+    epoch_size: int = 5  # images per epoch; the same epoch_size starting noises every epoch
+    batch_size: int = 0  # images per forward pass; 0 = auto (the whole epoch, or what fits in GPU memory)
+    gradient_accumulation_steps: int = 0  # micro-batches per epoch; 0 = derived from batch_size
+    number_of_prompts: int = 3  # how many templates of prompt_datasets.TEMPLATES are used
+    early_stopping: int = 15  # stop when the epoch loss has not improved for this many epochs
+    accuracy_stop: float = 0.7  # stop when more than this share of an epoch's images is the target
+    lr: float | None = None  # None = 0.00025 x epoch_size, from the actual epoch_size
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    weight_decay: float = 1e-2  # AdamW; applied to the token's row only
+    eps: float = 1e-8  # AdamW
+    max_grad_norm: float = 1.0  # clip the token's gradient (after backward) to this norm
+    max_nonfinite: int = 5  # stop a class after this many non-finite updates in a row
+    seed: int = 35  # seeds the training noises (the same every epoch) and the prompt order
+    guidance_scale: float = 7.0  # classifier-free guidance while training
+    num_of_SD_inference_steps: int = 30  # denoising steps while training
+    grad_steps: int = 1  # backpropagate through the last N denoising steps (1 = paper's gradient skipping)
+    height: int = 512  # image size in pixels
+    width: int = 512
+    # --- evaluation ---
+    test_size: int = 10  # evaluation seeds: eval_seed .. eval_seed + test_size - 1
+    eval_seed: int = 0
+    eval_steps: int = 50  # the original evaluated with the pipeline's defaults: 50 steps,
+    eval_guidance_scale: float = 7.5  # guidance 7.5
+    eval_batch_size: int = 10  # images per forward pass when generating (results do not depend on it)
+    save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
+    # --- hardware ---
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (under accelerate: each process's own GPU)
+    mixed_precision: str = "fp16"  # no | fp16 | bf16 for UNet and VAE on GPU; CPU always runs fp32
+    gradient_checkpointing: bool = True  # checkpoint UNet and VAE activations in the gradient steps
+    compile: bool = False  # torch.compile the UNet (pays only over long runs on a GPU)
+    # --- derived at parsing, not flags ---
+    classes: list[int] = field(default_factory=list, init=False)  # 0-based class indices
+
+    def finalize(self) -> "RunConfig":
+        """Fill the derived values and check what can be checked before loading any model."""
+        _validate(self)
+        if self.lr is None:
+            self.lr = 0.00025 * self.epoch_size
+        if self.sd_2_1 and self.sd_model == SD_1_4:
+            self.sd_model = SD_2_1
+        if self.gradient_accumulation_steps and not self.batch_size:
+            self.batch_size = -(-self.epoch_size // self.gradient_accumulation_steps)
+        if not self.class_name:
+            self.classes = parse_class_spec(self.class_index)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS = {
+    # The miniature world shipped in digits/ (see digits/README.md and docs/digits.md).
+    "digits": dict(
+        sd_model=str(HERE / "digits" / "pipeline"),
+        classifier=str(HERE / "digits" / "classifier"),
+        eval_classifier=str(HERE / "digits" / "classifier_b"),
+        height=16,
+        width=16,
+        num_of_SD_inference_steps=10,
+        eval_steps=10,
+        guidance_scale=5.0,
+        eval_guidance_scale=5.0,
+        grad_steps=10,
+        epoch_size=8,
+        num_train_epochs=40,
+        early_stopping=15,
+        lr=5e-3,
+        test_size=100,
+        eval_seed=1000,
+        eval_batch_size=100,
+        mixed_precision="no",
+    ),
+}
+
+
+def _validate(cfg: RunConfig) -> None:
+    def need(ok: bool, flag: str, allowed: str) -> None:
+        if not ok:
+            raise UsageError(f"--{flag} {getattr(cfg, flag)!r}: {allowed}")
+
+    for flag in (
+        "epoch_size",
+        "num_train_epochs",
+        "num_of_SD_inference_steps",
+        "eval_steps",
+        "test_size",
+    ):
+        need(getattr(cfg, flag) > 0, flag, "must be a positive integer")
+    for flag in (
+        "eval_batch_size",
+        "early_stopping",
+        "number_of_prompts",
+        "grad_steps",
+        "max_nonfinite",
+    ):
+        need(getattr(cfg, flag) > 0, flag, "must be a positive integer")
+    for flag in (
+        "batch_size",
+        "gradient_accumulation_steps",
+        "generate",
+        "eval_seed",
+        "seed",
+    ):
+        need(getattr(cfg, flag) >= 0, flag, "must be zero or a positive integer")
+    for flag in ("height", "width"):
+        need(
+            getattr(cfg, flag) > 0 and getattr(cfg, flag) % 8 == 0,
+            flag,
+            "must be a positive multiple of 8",
+        )
+    need(cfg.lr is None or cfg.lr > 0, "lr", "must be a positive number")
+    need(cfg.max_grad_norm > 0, "max_grad_norm", "must be a positive number")
+    need(
+        cfg.eps > 0 and cfg.weight_decay >= 0,
+        "eps",
+        "eps must be positive and weight_decay >= 0",
+    )
+    need(
+        all(0 <= b < 1 for b in cfg.betas) and len(cfg.betas) == 2,
+        "betas",
+        "must be two numbers in [0, 1)",
+    )
+    need(0 <= cfg.accuracy_stop <= 1, "accuracy_stop", "must be in [0, 1]")
+    need(
+        cfg.grad_steps <= cfg.num_of_SD_inference_steps,
+        "grad_steps",
+        "must be <= num_of_SD_inference_steps",
+    )
+    need(
+        cfg.guidance_scale >= 1 and cfg.eval_guidance_scale >= 1,
+        "guidance_scale",
+        "guidance must be >= 1",
+    )
+    need(
+        cfg.mixed_precision in ("no", "fp16", "bf16"),
+        "mixed_precision",
+        "allowed: no, fp16, bf16",
+    )
+    need(
+        cfg.classifier_pooling in ("auto", "cls", "mean"),
+        "classifier_pooling",
+        "allowed: auto, cls, mean",
+    )
+    need(
+        cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
+        "device",
+        "auto|cpu|cuda[:N]",
+    )
+    need(bool(cfg.placeholder_token.strip()), "placeholder_token", "must not be empty")
+    need(
+        bool(cfg.exp_id) and "/" not in cfg.exp_id,
+        "exp_id",
+        "must be a non-empty name without '/'",
+    )
+    need(
+        cfg.train or cfg.evaluate or cfg.generate > 0,
+        "train",
+        "nothing to do: train, evaluate and generate are off",
+    )
+    if cfg.batch_size and cfg.gradient_accumulation_steps:
+        ok = -(-cfg.epoch_size // cfg.batch_size) == cfg.gradient_accumulation_steps
+        need(
+            ok,
+            "gradient_accumulation_steps",
+            f"must be epoch_size / batch_size = {cfg.epoch_size}/{cfg.batch_size}",
+        )
+    for flag in ("sd_model", "classifier", "eval_classifier"):
+        need(
+            _model_ref_ok(getattr(cfg, flag), flag),
+            flag,
+            "no such folder (nor a hub id like org/name)",
+        )
+    if not cfg.class_name:
+        parse_class_spec(cfg.class_index)  # raises UsageError naming the flag
+    out = Path(cfg.output_path)
+    probe = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
+    need(
+        probe.is_dir() and os.access(probe, os.W_OK),
+        "output_path",
+        "is not a writable folder",
+    )
+
+
+def _model_ref_ok(ref: str, flag: str) -> bool:
+    """A local folder that exists, or something shaped like a hub id (org/name or name)."""
+    if flag == "eval_classifier" and not ref:
+        return True
+    if flag != "sd_model" and (ref in CLASSIFIER_PRESETS or ref.startswith("timm/")):
+        return True
+    if Path(ref).expanduser().is_dir():
+        return True
+    looks_local = ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or os.sep != "/" and os.sep in ref
+    return bool(ref) and not looks_local
+
+
+# ---------------------------------------------------------------- command line
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2, no usage dump
+        raise UsageError(message)
+
+
+def _field_type(f: dataclasses.Field) -> tuple[typing.Callable, dict]:
+    tp = f.type if not isinstance(f.type, str) else eval(f.type)
+    if isinstance(tp, types.UnionType):  # "float | None"
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is bool:  # --train, --train True, --train false all work
+        return parse_bool, dict(nargs="?", const=True)
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return args[0], dict(nargs=len(args))
+    return tp, {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="run.py",
+        description="Train and evaluate discriminative class tokens (DisCo).",
+    )
+    for f in dataclasses.fields(RunConfig):
+        if not f.init:
+            continue
+        conv, extra = _field_type(f)
+        # SUPPRESS: the namespace holds only the flags given, so a preset cannot override them.
+        p.add_argument(
+            f"--{f.name}",
+            type=conv,
+            default=argparse.SUPPRESS,
+            help=f"(default: {f.default})",
+            **extra,
+        )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> RunConfig:
+    given = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
+    if "betas" in given:
+        given["betas"] = tuple(given["betas"])
+    preset = given.get("preset", "")
+    if preset and preset not in PRESETS:
+        raise UsageError(f"--preset {preset!r}: unknown preset; allowed: {', '.join(PRESETS)}")
+    return RunConfig(**{**PRESETS.get(preset, {}), **given}).finalize()

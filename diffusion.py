@@ -1,0 +1,148 @@
+"""Stable Diffusion side: loading, the class token S_c, prompt encoding, the one denoising
+helper used by training and generation, decoding."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from utils import UsageError, hub_guard
+
+
+@dataclass
+class SD:
+    pipe: "object"  # the diffusers StableDiffusionPipeline (kept for save_as_full_pipeline)
+    token: nn.Parameter  # S_c's embedding: the only trained tensor (fp32)
+    token_id: int
+    init_embedding: torch.Tensor  # the initializer token's embedding, to restart each class from
+    device: torch.device
+    dtype: torch.dtype  # UNet / VAE dtype
+    height: int  # image size in pixels
+    width: int
+
+    def __getattr__(self, name):  # sd.unet, sd.vae, sd.tokenizer, sd.text_encoder, sd.scheduler
+        return getattr(self.pipe, name)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of the latents for the configured image size, from the models' configs."""
+        f = self.pipe.vae_scale_factor
+        return self.unet.config.in_channels, self.height // f, self.width // f
+
+
+def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, initializer: str) -> SD:
+    from diffusers import StableDiffusionPipeline
+
+    with hub_guard(f"Stable Diffusion model {model}"):
+        pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    # Frozen: UNet and VAE in half precision on GPU, the text encoder in fp32 (REFERENCE.md section 2).
+    for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+        m.requires_grad_(False).eval()
+    pipe.unet.to(device, dtype)
+    pipe.vae.to(device, dtype)
+    pipe.text_encoder.to(device)
+
+    tok = pipe.tokenizer
+    if placeholder in tok.get_vocab() or tok.add_tokens(placeholder) != 1:
+        raise UsageError(f"--placeholder_token {placeholder!r}: already in the vocabulary; choose a new word")
+    init_ids = tok.encode(initializer, add_special_tokens=False)
+    if len(init_ids) != 1:
+        tok_list = tok.convert_ids_to_tokens(init_ids)
+        raise UsageError(f"--initializer_token {initializer!r}: must be one token, the tokenizer gives {tok_list}")
+    token_id = tok.convert_tokens_to_ids(placeholder)
+    # resize_token_embeddings fills new rows randomly; the row is overwritten (and the hook below
+    # supplies S_c anyway).
+    pipe.text_encoder.resize_token_embeddings(len(tok), mean_resizing=False)
+    emb = pipe.text_encoder.get_input_embeddings()
+    init = emb.weight[init_ids[0]].detach().float().clone()
+    token = nn.Parameter(init.clone())
+
+    def inject(_module, inputs, out):
+        # Only S_c's row is a trained parameter: no weight decay or update can touch the rest of
+        # the vocabulary (REFERENCE.md section 4, second defect).
+        mask = (inputs[0] == token_id).unsqueeze(-1)
+        return torch.where(mask, token.to(out.dtype), out)
+
+    emb.register_forward_hook(inject)
+    sd = SD(pipe, token, token_id, init, device, dtype, *size)
+    mult = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    for flag, v in (("height", sd.height), ("width", sd.width)):
+        if v % mult:
+            raise UsageError(f"--{flag} {v}: this model needs a multiple of {mult} (VAE x UNet downsampling)")
+    return sd
+
+
+def set_token(sd: SD, value: torch.Tensor) -> None:
+    with torch.no_grad():
+        sd.token.copy_(value)
+        sd.text_encoder.get_input_embeddings().weight[sd.token_id] = value.to(sd.text_encoder.dtype)
+
+
+def encode(sd: SD, prompts: list[str]) -> torch.Tensor:
+    """Prompt embeddings, padded to the tokenizer's max length as generation pads them (the
+    original padded training prompts to the batch's longest: REFERENCE.md section 4)."""
+    ids = sd.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=sd.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(sd.device)
+    return sd.text_encoder(ids)[0].to(sd.dtype)
+
+
+def initial_noise(sd: SD, seeds: list[int] | None = None, n: int = 0, seed: int = 0) -> torch.Tensor:
+    """Starting latents. With `seeds`: one CPU generator per image, exactly as the diffusers
+    pipeline draws them for batch-1 calls, so batched generation reproduces per-seed images.
+    Otherwise `n` latents from one generator seeded with `seed` (the training noises)."""
+    shape = sd.latent_shape
+    if seeds is not None:
+        noise = [torch.randn((1, *shape), generator=torch.Generator().manual_seed(s), dtype=sd.dtype) for s in seeds]
+        noise = torch.cat(noise)
+    else:
+        noise = torch.randn((n, *shape), generator=torch.Generator().manual_seed(seed), dtype=sd.dtype)
+    return noise.to(sd.device) * sd.scheduler.init_noise_sigma
+
+
+def denoise(sd: SD, latents, cond, uncond, steps: int, guidance: float, grad_steps: int = 0) -> torch.Tensor:
+    """Classifier-free guided sampling with the model's scheduler. Only the last `grad_steps`
+    steps build a graph ("gradient skipping", REFERENCE.md section 1); earlier steps run
+    without gradient and with the prompt embedding detached."""
+    sched = sd.scheduler
+    sched.set_timesteps(steps, device=sd.device)  # also resets multistep state (PNDM)
+    context = torch.cat([uncond, cond])
+    for i, t in enumerate(sched.timesteps):
+        with torch.set_grad_enabled(i >= len(sched.timesteps) - grad_steps):
+            ctx = context if torch.is_grad_enabled() else context.detach()
+            x = sched.scale_model_input(torch.cat([latents] * 2), t)
+            eps_u, eps_c = sd.unet(x, t, encoder_hidden_states=ctx).sample.chunk(2)
+            latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+    return latents
+
+
+def decode(sd: SD, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [0, 1], not clamped (a clamp would cut the gradient)."""
+    return sd.vae.decode(latents / sd.vae.config.scaling_factor).sample.float() / 2 + 0.5
+
+
+@torch.no_grad()
+def generate(sd: SD, prompt: str, seeds: list[int], steps: int, guidance: float, batch_size: int) -> torch.Tensor:
+    """Images [N, 3, H, W] in [0, 1] on the CPU, one per seed; batched, identical per seed to
+    batch-1 generation (tests/test_generation.py)."""
+    uncond1, cond1 = encode(sd, [""]), encode(sd, [prompt])
+    out = []
+    for i in range(0, len(seeds), batch_size):
+        chunk = seeds[i : i + batch_size]
+        latents = initial_noise(sd, seeds=chunk)
+        n = len(chunk)
+        latents = denoise(
+            sd,
+            latents,
+            cond1.expand(n, -1, -1),
+            uncond1.expand(n, -1, -1),
+            steps,
+            guidance,
+        )
+        out.append(decode(sd, latents).cpu())
+    return torch.cat(out)

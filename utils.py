@@ -1,0 +1,144 @@
+"""Small helpers: user errors, class selection, atomic files, images."""
+
+import json
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+class UsageError(Exception):
+    """Bad input from the user: run.py prints the message on one line and exits with 2."""
+
+
+def parse_bool(text: str) -> bool:
+    low = str(text).strip().lower()
+    if low in ("true", "t", "yes", "y", "1", "on"):
+        return True
+    if low in ("false", "f", "no", "n", "0", "off"):
+        return False
+    raise ValueError(text)  # argparse turns this into "argument --x: invalid parse_bool value: 'maybe'"
+
+
+parse_bool.__name__ = "boolean"  # argparse names the type in its message: "invalid boolean value"
+
+
+def parse_class_spec(spec: str) -> list[int]:
+    """'283' / '1-10' / '283,285,290-299' (1-based, as the CLI) -> sorted 0-based indices."""
+    out: set[int] = set()
+    for part in str(spec).split(","):
+        m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", part)
+        if not m:
+            raise UsageError(f"--class_index {spec!r}: expected 1-based numbers, ranges or lists like 283,285,290-299")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if lo < 1 or hi < lo:
+            raise UsageError(f"--class_index {spec!r}: indices are 1-based (>= 1) and ranges go upward")
+        out.update(range(lo - 1, hi))
+    return sorted(out)
+
+
+def class_dir_name(index0: int, name: str) -> str:
+    """'283_tiger_cat': the 1-based CLI index keeps repeated names (ImageNet's two 'crane's) apart."""
+    return f"{index0 + 1}_" + re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")
+
+
+def first_name(label: str) -> str:
+    """'tiger cat, Felis catus' -> 'tiger cat'; 'great_white_shark' -> 'great white shark'."""
+    return label.split(",")[0].strip().replace("_", " ")
+
+
+# ---------------------------------------------------------------- atomic files
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds,
+    so a killed run never leaves a half-written file under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
+    """[3, H, W] in [0, 1] -> PIL; `scale` enlarges tiny images (nearest) so they can be seen."""
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    pil = Image.fromarray(arr)
+    return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
+
+
+def save_image(path, image) -> None:
+    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format="PNG")
+
+
+def view_scale(size: int) -> int:
+    """Enlarge images smaller than 128 px for grids (the digits world is 16 px)."""
+    return max(1, 128 // size)
+
+
+def comparison_grid(rows: list[tuple[str, list[torch.Tensor], list[str]]], max_cols: int = 10) -> Image.Image:
+    """Labelled grid: one row per (title, images, captions), e.g. baseline over token."""
+    scale = view_scale(rows[0][1][0].shape[-1])
+    tiles = [[to_pil(im, scale) for im in images[:max_cols]] for _, images, _ in rows]
+    w, h = tiles[0][0].size
+    title_h, cap_h = 18, 14
+    cols = max(len(t) for t in tiles)
+    grid = Image.new("RGB", (cols * w, len(rows) * (title_h + h + cap_h)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, ((title, _, captions), row_tiles) in enumerate(zip(rows, tiles)):
+        y = r * (title_h + h + cap_h)
+        draw.text((4, y + 3), title, fill="black")
+        for c, tile in enumerate(row_tiles):
+            grid.paste(tile, (c * w, y + title_h))
+            draw.text(
+                (c * w + 3, y + title_h + h + 1),
+                captions[c][: max(4, w // 7)],
+                fill="black",
+            )
+    return grid
+
+
+@contextmanager
+def hub_guard(what: str):
+    """Turn the hub's failures while loading `what` into one clear line saying what to do."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        yield
+    except GatedRepoError as e:
+        raise UsageError(f"{what}: the model is gated; accept its licence on the hub and run `hf auth login`") from e
+    except RepositoryNotFoundError as e:
+        raise UsageError(f"{what}: no such repository on the hub (check the id, or pass a local folder)") from e
+    except LocalEntryNotFoundError as e:
+        raise UsageError(
+            f"{what}: not in the local cache and the hub cannot be reached (HF_HUB_OFFLINE="
+            f"{os.environ.get('HF_HUB_OFFLINE', '0')}); download it once with network access, "
+            "or pass a local folder"
+        ) from e
+    except OSError as e:  # transformers/diffusers wrap most hub failures in OSError
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"{what}: cannot be loaded: {first}") from e
