@@ -112,6 +112,8 @@ class Classifier(nn.Module):
 def load_classifier(spec: str, pooling: str = "auto", pretrained: bool = True) -> Classifier:
     """`spec`: a preset (inet, inat, cub), `timm/<model>`, or a transformers hub id / folder."""
     if spec.startswith("timm/"):
+        if pooling == "mean":
+            raise UsageError(f"--classifier_pooling mean: only for ViT-style transformers models, not {spec}")
         return _load_timm(spec.removeprefix("timm/"), pretrained)
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 

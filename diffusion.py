@@ -66,10 +66,9 @@ def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, 
 
     emb.register_forward_hook(inject)
     sd = SD(pipe, token, token_id, init, device, dtype, *size)
-    mult = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
     for flag, v in (("height", sd.height), ("width", sd.width)):
-        if v % mult:
-            raise UsageError(f"--{flag} {v}: this model needs a multiple of {mult} (VAE x UNet downsampling)")
+        if v % pipe.vae_scale_factor:
+            raise UsageError(f"--{flag} {v}: this model's VAE needs a multiple of {pipe.vae_scale_factor}")
     return sd
 
 

@@ -82,6 +82,7 @@ def run(cfg: RunConfig) -> int:
     from evaluate import evaluate_class, generate_dataset
     from train import train_class
 
+    quiet_libraries()
     state = PartialState(cpu=cfg.device == "cpu")
     device, dtype = device_and_dtype(cfg, state)
     classifiers = {"classifier": load_classifier(cfg.classifier, cfg.classifier_pooling)}
@@ -138,6 +139,16 @@ def run(cfg: RunConfig) -> int:
         print(format_table(rows))
         print(f"images: {Path(cfg.output_path) / 'img'}   tokens: {Path(cfg.output_path) / 'pipeline_token'}")
     return 0
+
+
+def quiet_libraries() -> None:
+    """Our own bars and lines are the output; the libraries' loading bars and notices are noise."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
 
 
 def report_line(m: dict) -> str:

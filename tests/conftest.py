@@ -131,35 +131,8 @@ def tiny(tmp_path_factory) -> dict:
 
 
 def tiny_args(tiny: dict, out: Path, *extra: str) -> list[str]:
-    """CLI arguments for a seconds-long run on the tiny models."""
-    return [
-        *(
-            "--sd_model",
-            tiny["sd"],
-            "--classifier",
-            tiny["clf"],
-            "--output_path",
-            str(out),
-        ),
-        *(
-            "--height",
-            "16",
-            "--width",
-            "16",
-            "--num_of_SD_inference_steps",
-            "3",
-            "--eval_steps",
-            "3",
-        ),
-        *(
-            "--num_train_epochs",
-            "2",
-            "--epoch_size",
-            "2",
-            "--test_size",
-            "2",
-            "--device",
-            "cpu",
-        ),
-        *extra,
-    ]
+    """CLI arguments for a seconds-long run on the tiny models (later flags override)."""
+    args = "--class_index 2 --height 16 --width 16 --num_of_SD_inference_steps 3 --eval_steps 3 --device cpu"
+    args += " --num_train_epochs 2 --epoch_size 2 --test_size 2"
+    paths = ["--sd_model", tiny["sd"], "--classifier", tiny["clf"], "--output_path", str(out)]
+    return [*args.split(), *paths, *extra]

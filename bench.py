@@ -1,0 +1,272 @@
+"""Speed benchmark: the original schedule against the project's, on random-weight models.
+
+python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (REFERENCE.md 6)
+python bench.py --compile   # also torch.compile(unet) variants (minutes of compilation)
+python bench.py --tiny      # the same code on tiny shapes, on a CPU, in seconds
+
+Cost does not depend on the weights, so nothing is downloaded: the components are built from
+configs, saved as a diffusers folder and loaded through the project's `diffusion.load_sd`; the
+measured steps are the project's `train.train_step` and `diffusion.generate`. Each case reports the
+median over `--repeats` timed runs after `--warmup` runs, with device synchronisation, in seconds per
+image, and the peak of torch.cuda.max_memory_allocated (null on a CPU). Writes benchmarks.json and
+benchmarks.md to `--out` (docs/ by default; out/bench_tiny/ with --tiny). See docs/performance.md.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from classifiers import PRESETS, Classifier, Preprocess
+from config import RunConfig
+from diffusion import generate, initial_noise, load_sd
+from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
+from run import device_and_dtype
+from train import micro_batch_size, train_step
+
+CLASS_NAME, TARGET = "tiger cat", 282  # the README's example class (ImageNet index 282)
+SHAPES = {
+    "sd14": dict(  # REFERENCE.md section 6; the run settings are RunConfig's defaults (512 px, 30 / 50 steps)
+        unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
+        vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        vit=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+        vit_px=(224, 16),  # image size, patch size
+        prep=PRESETS["inet"][1],
+        cfg={},
+    ),
+    "tiny": dict(  # tests/conftest.py's tiny models; the schedule is the same, only the steps are fewer
+        unet=dict(
+            sample_size=8,
+            block_out_channels=(16, 32),
+            layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=16,
+            attention_head_dim=4,
+            norm_num_groups=8,
+        ),
+        vae=dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16),
+        text=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+        vit=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+        vit_px=(16, 4),
+        prep=Preprocess(16, (16, 16), (0.5,) * 3, (0.5,) * 3),
+        cfg=dict(height=16, width=16, num_of_SD_inference_steps=3, eval_steps=3),
+    ),
+}
+# Cases: RunConfig overrides (+ channels_last). "original" is the paper's schedule (REFERENCE.md 2):
+# batch 1 with accumulation over the epoch of 5, and batch-1 evaluation; the other rows are the project.
+TRAIN_CASES = {
+    "original": dict(batch_size=1),
+    "disco": {},
+    "disco_no_ckpt": dict(gradient_checkpointing=False),
+    "disco_bf16": dict(mixed_precision="bf16"),
+    "disco_channels_last": dict(channels_last=True),
+}
+GENERATE_CASES = {"original": dict(eval_batch_size=1), "disco": {}, "disco_channels_last": dict(channels_last=True)}
+COMPILE_CASE = dict(compile=True, channels_last=True)  # with --compile: the fastest setting of REFERENCE.md 7
+
+
+def build_pipeline(shape: dict, folder: Path) -> None:
+    """Random-weight SD components from `shape`, saved as a diffusers folder (the SD 1.4 layout)."""
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from digits.tokenizer import build_vocab
+
+    torch.manual_seed(0)
+    # A CLIP-style BPE tokenizer in which the prompt words are single tokens, padded with unreachable
+    # entries to CLIP's 49408 so the embedding matrix has the real size after load_sd's resize.
+    vocab, merges = build_vocab([*TEMPLATES, "a", CLASS_NAME])
+    vocab |= {f"<unused{i}>": i for i in range(len(vocab), 49408)}
+    tok = CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=77)
+    ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    text = CLIPTextModel(
+        CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", **ids, **shape["text"])
+    )
+    blocks = len(shape["vae"]["block_out_channels"])
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        latent_channels=4,
+        scaling_factor=0.18215,
+        **shape["vae"],
+    )
+    sched = PNDMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        steps_offset=1,
+        set_alpha_to_one=False,
+    )
+    parts = dict(vae=vae, text_encoder=text, tokenizer=tok, unet=UNet2DConditionModel(**shape["unet"]))
+    pipe = StableDiffusionPipeline(
+        **parts, scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.save_pretrained(folder)
+
+
+def build_classifier(shape: dict) -> Classifier:
+    from transformers import ViTConfig, ViTForImageClassification
+
+    size, patch = shape["vit_px"]
+    vit = ViTForImageClassification(ViTConfig(image_size=size, patch_size=patch, num_labels=1000, **shape["vit"]))
+    return Classifier(vit, shape["prep"], [f"class {i}" for i in range(1000)], "cls", "random ViT")
+
+
+def make_cfg(shape: dict, folder: Path, device: str, out: Path, **overrides) -> RunConfig:
+    kw = dict(sd_model=str(folder), classifier="inet", device=device, output_path=str(out), **shape["cfg"])
+    return RunConfig(**kw | overrides).finalize()
+
+
+@contextmanager
+def configured(sd, clf, cfg: RunConfig, channels_last: bool = False):
+    """Put the loaded models into `cfg`'s settings as run.py does (dtype, checkpointing, compile)."""
+    _, dtype = device_and_dtype(cfg, None)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for m in (sd.unet, sd.vae):
+        if m.dtype != dtype:  # (diffusers warns at every cast)
+            m.to(dtype=dtype)
+        m.to(memory_format=fmt)
+        if cfg.gradient_checkpointing:
+            m.enable_gradient_checkpointing()
+        else:
+            m.disable_gradient_checkpointing()
+    clf.to(dtype=dtype)
+    sd.dtype = dtype
+    unet = sd.unet
+    if cfg.compile:
+        torch._dynamo.reset()
+        sd.pipe.unet = torch.compile(unet)
+    try:
+        yield
+    finally:
+        sd.pipe.unet = unet
+
+
+def measure(fn, images: int, device: torch.device, repeats: int, warmup: int) -> dict:
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(warmup + repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    median = statistics.median(times[warmup:])
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None
+    warm = [round(t, 3) for t in times[:warmup]]
+    return dict(s_per_image=median / images, peak_gib=peak, images=images, median_s=median, warmup_s=warm)
+
+
+def bench_train(sd, clf, cfg: RunConfig, **kw) -> dict:
+    """One epoch as train.train_class runs it: micro-batches of train_step, each loss / epoch_size
+    backpropagated into the token (accumulated), so every case computes the same gradient."""
+    bs = micro_batch_size(cfg, sd.device)
+    prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
+    noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
+
+    def epoch():
+        sd.token.grad = None
+        for s in range(0, cfg.epoch_size, bs):
+            loss, _, _ = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], TARGET, cfg)
+            (loss / cfg.epoch_size).backward()
+
+    res = measure(epoch, cfg.epoch_size, sd.device, **kw)
+    return dict(res, micro_batch_size=bs, steps=cfg.num_of_SD_inference_steps, dtype=str(sd.dtype))
+
+
+def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.test_size))
+    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, CLASS_NAME)
+    res = measure(
+        lambda: generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size),
+        len(seeds),
+        sd.device,
+        **kw,
+    )
+    return dict(res, batch_size=cfg.eval_batch_size, steps=cfg.eval_steps, dtype=str(sd.dtype))
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"# Benchmarks ({result['shape']} shapes, random weights)\n",
+        f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}; "
+        f"median of {result['repeats']} runs after {result['warmup']} warm-up runs. Written by `bench.py`.\n",
+        "| what | case | batch | dtype | s / image | peak GiB | speed-up vs original |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for what in ("train", "generate"):
+        base = result[what]["original"]["s_per_image"]
+        for case, r in result[what].items():
+            batch = r.get("micro_batch_size", r.get("batch_size"))
+            peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+            row = [what, case, batch, r["dtype"].removeprefix("torch."), f"{r['s_per_image']:.4g}", peak]
+            lines.append("| " + " | ".join(map(str, row)) + f" | {base / r['s_per_image']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU, seconds) instead of SD 1.4 shapes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--compile", action="store_true", help="add torch.compile(unet) + channels_last cases")
+    p.add_argument("--out", type=Path, help="folder for benchmarks.json / .md")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    shape_name = "tiny" if args.tiny else "sd14"
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if shape_name == "sd14" and device == "cpu" and args.device == "auto":
+        print("bench.py: no GPU; SD 1.4 shapes on a CPU take hours (use --tiny, or --device cpu)", file=sys.stderr)
+        return 2
+    out = args.out or Path(__file__).parent / ("out/bench_tiny" if args.tiny else "docs")
+    out.mkdir(parents=True, exist_ok=True)
+    shape, kw = SHAPES[shape_name], dict(repeats=args.repeats, warmup=args.warmup)
+    train_cases = TRAIN_CASES | ({"disco_compile": COMPILE_CASE} if args.compile else {})
+    gen_cases = GENERATE_CASES | ({"disco_compile": COMPILE_CASE} if args.compile else {})
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    result = dict(device="cpu", torch=torch.__version__, diffusers=diffusers.__version__, shape=shape_name, **kw)
+    result |= dict(train={}, generate={})
+    with tempfile.TemporaryDirectory(prefix="bench_sd_") as tmp:  # SD 1.4 shapes: about 4.3 GB
+        folder = Path(tmp) / "sd"
+        build_pipeline(shape, folder)
+        cfg = make_cfg(shape, folder, device, out)
+        dev, dtype = device_and_dtype(cfg, None)
+        sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
+        clf = build_classifier(shape).to(dev)
+        if dev.type == "cuda":
+            result["device"] = torch.cuda.get_device_name(dev)
+        for what, cases in (("train", train_cases), ("generate", gen_cases)):
+            for case, over in cases.items():
+                over = dict(over)
+                channels_last = over.pop("channels_last", False)
+                cfg = make_cfg(shape, folder, device, out, **over)
+                with configured(sd, clf, cfg, channels_last):
+                    r = bench_train(sd, clf, cfg, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
+                result[what][case] = r
+                print(f"{what:8} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
+    (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "benchmarks.md").write_text(markdown(result))
+    print(f"wrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

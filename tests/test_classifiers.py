@@ -1,0 +1,66 @@
+"""Classifier presets, preprocessing, the mean-pooled MAE head, timm models."""
+
+import pytest
+import torch
+
+from classifiers import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocess, load_classifier
+
+
+def test_preset_numbers_follow_reference_section_3():
+    inet, inat, cub = (PRESETS[k] for k in ("inet", "inat", "cub"))
+    assert inet[0] == "google/vit-large-patch16-224" and inet[2] == "cls"
+    assert (inet[1].resize, inet[1].crop, inet[1].mean, inet[1].std, inet[1].interpolation) == (
+        256,
+        (224, 224),
+        (0.5,) * 3,
+        (0.5,) * 3,
+        "bicubic",
+    )
+    for model, prep, pooling in (inat, cub):
+        assert pooling == "mean" and model.startswith("vesteinn/vit-mae-")
+        assert (prep.resize, prep.crop, prep.mean, prep.std) == (224, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_preprocess_resizes_shorter_side_crops_and_normalises():
+    img = torch.rand(2, 3, 512, 640, requires_grad=True)
+    out = PRESETS["inet"][1](img)
+    assert out.shape == (2, 3, 224, 224)
+    flat = PRESETS["inet"][1](torch.full((1, 3, 512, 512), 0.75))
+    torch.testing.assert_close(flat, torch.full_like(flat, 0.5), atol=1e-5, rtol=0)  # (0.75 - .5) / .5
+    out.sum().backward()
+    assert img.grad.abs().sum() > 0  # differentiable, nothing clamped
+
+
+def test_processor_config_is_read(tiny):
+    clf = load_classifier(tiny["clf"])
+    assert clf.prep == Preprocess((16, 16), None, (0.5,) * 3, (0.5,) * 3, "bilinear")
+    assert clf.labels == ["tabby", "tiger cat", "crane", "crane", "great white shark"]  # first name, no "_"
+
+
+def test_mean_pooled_head_matches_manual_computation(tiny):
+    clf = load_classifier(tiny["clf"], pooling="mean")
+    images = torch.rand(3, 3, 16, 16)
+    vit, m = clf.model.vit, clf.model
+    with torch.no_grad():
+        h = vit.embeddings(clf.prep(images))
+        for layer in vit.layers:  # transformers 5 layout (4.x called it encoder.layer)
+            out = layer(h)
+            h = out[0] if isinstance(out, tuple) else out
+        manual = m.classifier(vit.layernorm(h[:, 1:].mean(1)))
+        cls_logits = m(clf.prep(images)).logits
+    torch.testing.assert_close(clf(images), manual, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(manual, cls_logits)  # really a different head than CLS
+
+
+def test_timm_classifier_without_weights():
+    clf = load_classifier("timm/resnet18", pretrained=False)
+    assert len(clf.labels) == 1000 and clf.labels[282] == "tiger cat"
+    assert clf.prep.crop == (224, 224) and clf.prep.resize == int(224 / 0.95)
+    assert clf(torch.rand(1, 3, 300, 300)).shape == (1, 1000)
+
+
+def test_mean_pooling_needs_a_vit():
+    from utils import UsageError
+
+    with pytest.raises(UsageError, match="classifier_pooling"):
+        load_classifier("timm/resnet18", pooling="mean", pretrained=False)
