@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from config import RunConfig, parse_args
-from utils import UsageError, class_dir_name, write_json, write_text
+from utils import UsageError, class_dir_name, remove_stale_tmp, write_json, write_text
 
 
 @dataclass
@@ -114,6 +114,7 @@ def run(cfg: RunConfig) -> int:
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
     for c in tqdm(mine, desc="classes", disable=len(mine) < 2, position=0, dynamic_ncols=True):
         paths = ClassPaths.of(cfg, c, labels[c])
+        remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
         done = paths.token.exists() and (paths.metrics.exists() or not cfg.evaluate)
         if cfg.skip_exists and done:
             continue
@@ -238,6 +239,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
         return 2
+    except torch.cuda.OutOfMemoryError:
+        print(
+            "run.py: error: out of GPU memory; lower --batch_size (e.g. 1; 0 picks it from free memory), "
+            "keep --gradient_checkpointing True, or lower --eval_batch_size",
+            file=sys.stderr,
+        )
+        return 1
+    except KeyboardInterrupt:
+        print("run.py: interrupted; finished classes are kept, rerun with --skip_exists True to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

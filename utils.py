@@ -69,6 +69,13 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+def remove_stale_tmp(*dirs: Path) -> None:
+    """Delete the temporary files of `atomic_path` that a killed run (kill -9) left behind."""
+    for d in dirs:
+        for p in Path(d).rglob(".*.tmp*") if Path(d).exists() else []:
+            p.unlink(missing_ok=True)
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
@@ -118,27 +125,35 @@ def comparison_grid(rows: list[tuple[str, list[torch.Tensor], list[str]]], max_c
     return grid
 
 
+def _hub_cause(e: BaseException):
+    """The hub error behind `e`: transformers and diffusers re-raise them as OSError."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    kinds = (GatedRepoError, RepositoryNotFoundError, LocalEntryNotFoundError)
+    while e is not None and not isinstance(e, kinds):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 @contextmanager
 def hub_guard(what: str):
     """Turn the hub's failures while loading `what` into one clear line saying what to do."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-    )
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     try:
         yield
-    except GatedRepoError as e:
-        raise UsageError(f"{what}: the model is gated; accept its licence on the hub and run `hf auth login`") from e
-    except RepositoryNotFoundError as e:
-        raise UsageError(f"{what}: no such repository on the hub (check the id, or pass a local folder)") from e
-    except LocalEntryNotFoundError as e:
-        raise UsageError(
-            f"{what}: not in the local cache and the hub cannot be reached (HF_HUB_OFFLINE="
-            f"{os.environ.get('HF_HUB_OFFLINE', '0')}); download it once with network access, "
-            "or pass a local folder"
-        ) from e
-    except OSError as e:  # transformers/diffusers wrap most hub failures in OSError
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"{what}: cannot be loaded: {first}") from e
+    except OSError as e:
+        cause = _hub_cause(e)
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        if isinstance(cause, GatedRepoError):
+            msg = "the model is gated: accept its licence on its hub page, then run `hf auth login`"
+        elif isinstance(cause, RepositoryNotFoundError):
+            msg = "no such repository on the hub (check the id), or it is private (`hf auth login`)"
+        elif cause is not None or offline or "connect" in str(e):
+            msg = (
+                f"not in the local cache and the hub cannot be reached{' (HF_HUB_OFFLINE=1)' if offline else ''}; "
+                "download it once with network access (unset HF_HUB_OFFLINE), or pass a local folder"
+            )
+        else:
+            msg = "cannot be loaded: " + (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"{what}: {msg}") from e
