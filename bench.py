@@ -70,7 +70,7 @@ TRAIN_CASES = {
     "disco_channels_last": dict(channels_last=True),
 }
 GENERATE_CASES = {"original": dict(eval_batch_size=1), "disco": {}, "disco_channels_last": dict(channels_last=True)}
-COMPILE_CASE = dict(compile=True, channels_last=True)  # with --compile: the fastest setting of REFERENCE.md 7
+COMPILE_CASE = dict(compile=True)  # --compile: run.py's --compile (torch.compile of the UNet)
 
 
 def build_pipeline(shape: dict, folder: Path) -> None:
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--compile", action="store_true", help="add torch.compile(unet) + channels_last cases")
+    p.add_argument("--compile", action="store_true", help="add torch.compile(unet) cases (run.py --compile)")
     p.add_argument("--out", type=Path, help="folder for benchmarks.json / .md")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     shape_name = "tiny" if args.tiny else "sd14"

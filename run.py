@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except KeyboardInterrupt:
-        print("run.py: interrupted; finished classes are kept, rerun with --skip_exists True to resume", file=sys.stderr)
+        print("run.py: interrupted; finished classes are kept (resume: --skip_exists True)", file=sys.stderr)
         return 130
 
 
