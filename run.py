@@ -83,8 +83,11 @@ def run(cfg: RunConfig) -> int:
     from train import train_class
 
     quiet_libraries()
-    state = PartialState(cpu=cfg.device == "cpu")
+    # cpu=True also when no GPU exists, so that launched processes form a CPU (gloo) group.
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     device, dtype = device_and_dtype(cfg, state)
+    if not state.is_main_process:
+        os.environ["TQDM_DISABLE"] = "1"  # one set of progress bars, the main process's
     classifiers = {"classifier": load_classifier(cfg.classifier, cfg.classifier_pooling)}
     if cfg.eval_classifier:
         classifiers["eval_classifier"] = load_classifier(cfg.eval_classifier, "auto")
@@ -112,7 +115,7 @@ def run(cfg: RunConfig) -> int:
         sd.pipe.unet = torch.compile(sd.unet)
 
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
-    for c in tqdm(mine, desc="classes", disable=len(mine) < 2, position=0, dynamic_ncols=True):
+    for c in tqdm(mine, desc="classes", unit="class", disable=len(mine) < 2, position=0, dynamic_ncols=True):
         paths = ClassPaths.of(cfg, c, labels[c])
         remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
         done = paths.token.exists() and (paths.metrics.exists() or not cfg.evaluate)
@@ -120,7 +123,8 @@ def run(cfg: RunConfig) -> int:
             continue
         if cfg.train:
             write_json(paths.config, cfg.to_dict())
-            train_class(cfg, sd, classifiers["classifier"], c, labels[c], paths)
+            summary = train_class(cfg, sd, classifiers["classifier"], c, labels[c], paths)
+            write_json(paths.train_summary, summary | {"process": state.process_index})
         if cfg.evaluate:
             m = evaluate_class(cfg, sd, classifiers, c, labels[c], paths)
             tqdm.write(report_line(m))

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from diffusion import decode, denoise, encode, initial_noise, set_token
 from prompt_datasets import PromptDataset
-from utils import atomic_path, save_image, write_json, write_text
+from utils import atomic_path, save_image, write_text
 
 
 def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, target: int, cfg):
@@ -158,5 +158,4 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
         nonfinite_skipped=skipped,
     )
     summary |= dict(micro_batch_size=bs, seconds=round(time.time() - start, 2))
-    write_json(paths.train_summary, summary)
     return summary
