@@ -27,17 +27,17 @@ from classifiers import PRESETS, Classifier, Preprocess
 from config import RunConfig
 from diffusion import generate, initial_noise, load_sd
 from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
-from run import device_and_dtype
-from train import micro_batch_size, train_step
+from run import ClassPaths, device_and_dtype
+from train import micro_batch_size, train_class, train_step
 
-CLASS_NAME, TARGET = "tiger cat", 282  # the README's example class (ImageNet index 282)
+CLASS_NAME, TARGET = "tiger cat", 282  # REFERENCE.md section 2's example class (ImageNet index 282)
 SHAPES = {
     "sd14": dict(  # REFERENCE.md section 6; the run settings are RunConfig's defaults (512 px, 30 / 50 steps)
         unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
         vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
         text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
         vit=dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-        vit_px=(224, 16),  # image size, patch size
+        vit_px=dict(image_size=224, patch_size=16),
         prep=PRESETS["inet"][1],
         cfg={},
     ),
@@ -55,7 +55,7 @@ SHAPES = {
         vae=dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=8, sample_size=16),
         text=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
         vit=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
-        vit_px=(16, 4),
+        vit_px=dict(image_size=16, patch_size=4),
         prep=Preprocess(16, (16, 16), (0.5,) * 3, (0.5,) * 3),
         cfg=dict(height=16, width=16, num_of_SD_inference_steps=3, eval_steps=3),
     ),
@@ -68,6 +68,7 @@ TRAIN_CASES = {
     "disco_no_ckpt": dict(gradient_checkpointing=False),
     "disco_bf16": dict(mixed_precision="bf16"),
     "disco_channels_last": dict(channels_last=True),
+    "disco_train_class": dict(num_train_epochs=1, full=True),  # train.train_class: + optimizer, PNGs, log
 }
 GENERATE_CASES = {"original": dict(eval_batch_size=1), "disco": {}, "disco_channels_last": dict(channels_last=True)}
 COMPILE_CASE = dict(compile=True)  # --compile: run.py's --compile (torch.compile of the UNet)
@@ -117,13 +118,13 @@ def build_pipeline(shape: dict, folder: Path) -> None:
 def build_classifier(shape: dict) -> Classifier:
     from transformers import ViTConfig, ViTForImageClassification
 
-    size, patch = shape["vit_px"]
-    vit = ViTForImageClassification(ViTConfig(image_size=size, patch_size=patch, num_labels=1000, **shape["vit"]))
+    vit = ViTForImageClassification(ViTConfig(num_labels=1000, **shape["vit"], **shape["vit_px"]))
     return Classifier(vit, shape["prep"], [f"class {i}" for i in range(1000)], "cls", "random ViT")
 
 
-def make_cfg(shape: dict, folder: Path, device: str, out: Path, **overrides) -> RunConfig:
-    kw = dict(sd_model=str(folder), classifier="inet", device=device, output_path=str(out), **shape["cfg"])
+def make_cfg(shape: dict, folder: Path, device: str, **overrides) -> RunConfig:
+    """The run's settings: RunConfig's defaults (the paper's) at `shape`'s size; files go next to `folder`."""
+    kw = dict(sd_model=str(folder), classifier="inet", device=device, output_path=str(folder.parent), **shape["cfg"])
     return RunConfig(**kw | overrides).finalize()
 
 
@@ -171,14 +172,17 @@ def measure(fn, images: int, device: torch.device, repeats: int, warmup: int) ->
     return dict(s_per_image=median / images, peak_gib=peak, images=images, median_s=median, warmup_s=warm)
 
 
-def bench_train(sd, clf, cfg: RunConfig, **kw) -> dict:
+def bench_train(sd, clf, cfg: RunConfig, full: bool = False, **kw) -> dict:
     """One epoch as train.train_class runs it: micro-batches of train_step, each loss / epoch_size
-    backpropagated into the token (accumulated), so every case computes the same gradient."""
+    backpropagated into the token (accumulated), so every case computes the same gradient. `full`:
+    train_class itself for one epoch (adds the optimizer step, the training PNGs and the log)."""
     bs = micro_batch_size(cfg, sd.device)
     prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
     noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
 
     def epoch():
+        if full:
+            return train_class(cfg, sd, clf, TARGET, CLASS_NAME, ClassPaths.of(cfg, TARGET, CLASS_NAME))
         sd.token.grad = None
         for s in range(0, cfg.epoch_size, bs):
             loss, _, _ = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], TARGET, cfg)
@@ -191,12 +195,11 @@ def bench_train(sd, clf, cfg: RunConfig, **kw) -> dict:
 def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.test_size))
     prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, CLASS_NAME)
-    res = measure(
-        lambda: generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size),
-        len(seeds),
-        sd.device,
-        **kw,
-    )
+
+    def run():
+        generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
+
+    res = measure(run, len(seeds), sd.device, **kw)
     return dict(res, batch_size=cfg.eval_batch_size, steps=cfg.eval_steps, dtype=str(sd.dtype))
 
 
@@ -247,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_sd_") as tmp:  # SD 1.4 shapes: about 4.3 GB
         folder = Path(tmp) / "sd"
         build_pipeline(shape, folder)
-        cfg = make_cfg(shape, folder, device, out)
+        cfg = make_cfg(shape, folder, device)
         dev, dtype = device_and_dtype(cfg, None)
         sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
         clf = build_classifier(shape).to(dev)
@@ -256,10 +259,10 @@ def main(argv: list[str] | None = None) -> int:
         for what, cases in (("train", train_cases), ("generate", gen_cases)):
             for case, over in cases.items():
                 over = dict(over)
-                channels_last = over.pop("channels_last", False)
-                cfg = make_cfg(shape, folder, device, out, **over)
+                channels_last, full = over.pop("channels_last", False), over.pop("full", False)
+                cfg = make_cfg(shape, folder, device, **over)
                 with configured(sd, clf, cfg, channels_last):
-                    r = bench_train(sd, clf, cfg, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
+                    r = bench_train(sd, clf, cfg, full, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
                 result[what][case] = r
                 print(f"{what:8} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
     (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")

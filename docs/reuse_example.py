@@ -16,9 +16,8 @@ def pipeline_with_tokens(model: str, token_files: dict[str, Path]) -> StableDiff
 
 
 def example(model: str = "CompVis/stable-diffusion-v1-4", output_path: str = ".", **kwargs):
-    tokens = {
-        f"<{p.parts[-3]}>": p for p in Path(output_path).glob("pipeline_token/*/default/learned_embeds.safetensors")
-    }
+    files = Path(output_path).glob("pipeline_token/*/default/learned_embeds.safetensors")
+    tokens = {f"<{p.parts[-3]}>": p for p in files}
     pipe = pipeline_with_tokens(model, tokens)
     images = []
     for name in tokens:  # "<283_tiger_cat>" -> "A photo of <283_tiger_cat> tiger cat"
