@@ -112,7 +112,7 @@ def run(cfg: RunConfig) -> int:
         sd.unet.enable_gradient_checkpointing()
         sd.vae.enable_gradient_checkpointing()
     if cfg.compile:
-        sd.pipe.unet = torch.compile(sd.unet)
+        sd.unet.compile()  # in place: the pipeline keeps its UNet object (save_pretrained works)
 
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
     for c in tqdm(mine, desc="classes", unit="class", disable=len(mine) < 2, position=0, dynamic_ncols=True):
@@ -139,7 +139,7 @@ def run(cfg: RunConfig) -> int:
         if cfg.save_as_full_pipeline:
             save_full_pipeline(sd, paths.token_dir / "pipeline")
     state.wait_for_everyone()
-    if state.is_main_process and cfg.evaluate:
+    if state.is_main_process:
         rows = write_summary(cfg, classes, labels)
         print(format_table(rows))
         print(f"images: {Path(cfg.output_path) / 'img'}   tokens: {Path(cfg.output_path) / 'pipeline_token'}")
@@ -200,17 +200,17 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
             rows[(int(r["class_index"]), r["exp_id"])] = r
     for c in classes:
         p = ClassPaths.of(cfg, c, labels[c])
-        if not p.metrics.exists():
+        if not p.token.exists():
             continue
-        m = json.loads(p.metrics.read_text())
+        m = json.loads(p.metrics.read_text()) if p.metrics.exists() else {"classifier": {}}
         t = json.loads(p.train_summary.read_text()) if p.train_summary.exists() else {}
         ev = m.get("eval_classifier", {})
         rows[(c + 1, cfg.exp_id)] = dict(
             class_index=c + 1,
             class_name=labels[c],
             exp_id=cfg.exp_id,
-            baseline_accuracy=m["classifier"]["baseline_accuracy"],
-            token_accuracy=m["classifier"]["token_accuracy"],
+            baseline_accuracy=m["classifier"].get("baseline_accuracy", ""),
+            token_accuracy=m["classifier"].get("token_accuracy", ""),
             eval_baseline_accuracy=ev.get("baseline_accuracy", ""),
             eval_token_accuracy=ev.get("token_accuracy", ""),
             epochs=t.get("epochs", ""),
