@@ -18,7 +18,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -71,7 +70,7 @@ TRAIN_CASES = {
     "disco_train_class": dict(num_train_epochs=1, full=True),  # train.train_class: + optimizer, PNGs, log
 }
 GENERATE_CASES = {"original": dict(eval_batch_size=1), "disco": {}, "disco_channels_last": dict(channels_last=True)}
-COMPILE_CASE = dict(compile=True)  # --compile: run.py's --compile (torch.compile of the UNet)
+COMPILE_CASE = dict(compile=True)  # --compile: run.py's --compile, torch.compile of the UNet in place
 
 
 def build_pipeline(shape: dict, folder: Path) -> None:
@@ -128,8 +127,7 @@ def make_cfg(shape: dict, folder: Path, device: str, **overrides) -> RunConfig:
     return RunConfig(**kw | overrides).finalize()
 
 
-@contextmanager
-def configured(sd, clf, cfg: RunConfig, channels_last: bool = False):
+def configure(sd, clf, cfg: RunConfig, channels_last: bool = False) -> None:
     """Put the loaded models into `cfg`'s settings as run.py does (dtype, checkpointing, compile)."""
     _, dtype = device_and_dtype(cfg, None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -143,14 +141,8 @@ def configured(sd, clf, cfg: RunConfig, channels_last: bool = False):
             m.disable_gradient_checkpointing()
     clf.to(dtype=dtype)
     sd.dtype = dtype
-    unet = sd.unet
-    if cfg.compile:
-        torch._dynamo.reset()
-        sd.pipe.unet = torch.compile(unet)
-    try:
-        yield
-    finally:
-        sd.pipe.unet = unet
+    if cfg.compile:  # in place, as run.py; there is no undoing it, so the compiled cases run last
+        sd.unet.compile()
 
 
 def measure(fn, images: int, device: torch.device, repeats: int, warmup: int) -> dict:
@@ -218,6 +210,8 @@ def markdown(result: dict) -> str:
             peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
             row = [what, case, batch, r["dtype"].removeprefix("torch."), f"{r['s_per_image']:.4g}", peak]
             lines.append("| " + " | ".join(map(str, row)) + f" | {base / r['s_per_image']:.2f}x |")
+    if result["device"] == "cpu":
+        lines.append("\nOn a CPU the project runs fp32 (run.device_and_dtype): the fp16 / bf16 settings do not apply.")
     return "\n".join(lines) + "\n"
 
 
@@ -238,15 +232,16 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(__file__).parent / ("out/bench_tiny" if args.tiny else "docs")
     out.mkdir(parents=True, exist_ok=True)
     shape, kw = SHAPES[shape_name], dict(repeats=args.repeats, warmup=args.warmup)
-    train_cases = TRAIN_CASES | ({"disco_compile": COMPILE_CASE} if args.compile else {})
-    gen_cases = GENERATE_CASES | ({"disco_compile": COMPILE_CASE} if args.compile else {})
+    cases = [("train", *c) for c in TRAIN_CASES.items()] + [("generate", *c) for c in GENERATE_CASES.items()]
+    if args.compile:  # last, like a run.py process: one compiled UNet for training, then for evaluation
+        cases += [("train", "disco_compile", COMPILE_CASE), ("generate", "disco_compile", COMPILE_CASE)]
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     result = dict(device="cpu", torch=torch.__version__, diffusers=diffusers.__version__, shape=shape_name, **kw)
-    result |= dict(train={}, generate={})
+    result |= dict(tf32_matmul=torch.backends.cuda.matmul.allow_tf32, train={}, generate={})
     with tempfile.TemporaryDirectory(prefix="bench_sd_") as tmp:  # SD 1.4 shapes: about 4.3 GB
         folder = Path(tmp) / "sd"
         build_pipeline(shape, folder)
@@ -256,16 +251,15 @@ def main(argv: list[str] | None = None) -> int:
         clf = build_classifier(shape).to(dev)
         if dev.type == "cuda":
             result["device"] = torch.cuda.get_device_name(dev)
-        for what, cases in (("train", train_cases), ("generate", gen_cases)):
-            for case, over in cases.items():
-                over = dict(over)
-                channels_last, full = over.pop("channels_last", False), over.pop("full", False)
-                cfg = make_cfg(shape, folder, device, **over)
-                with configured(sd, clf, cfg, channels_last):
-                    r = bench_train(sd, clf, cfg, full, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
-                result[what][case] = r
-                print(f"{what:8} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
-    (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
+        for what, case, over in cases:
+            over = dict(over)
+            channels_last, full = over.pop("channels_last", False), over.pop("full", False)
+            cfg = make_cfg(shape, folder, device, **over)
+            configure(sd, clf, cfg, channels_last)
+            r = bench_train(sd, clf, cfg, full, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
+            result[what][case] = r
+            print(f"{what:8} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
+            (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")  # after every case
     (out / "benchmarks.md").write_text(markdown(result))
     print(f"wrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
     return 0

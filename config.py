@@ -55,6 +55,7 @@ class RunConfig:
     weight_decay: float = 1e-2  # AdamW; applied to the token's row only
     eps: float = 1e-8  # AdamW
     max_grad_norm: float = 1.0  # clip the token's gradient (after backward) to this norm
+    loss_scale: float = 1024.0  # fp16 only: loss x this before backward, gradient / this after; halved on overflow
     max_nonfinite: int = 5  # stop a class after this many non-finite updates in a row
     seed: int = 35  # seeds the training noises (the same every epoch) and the prompt order
     guidance_scale: float = 7.0  # classifier-free guidance while training
@@ -156,6 +157,7 @@ def _validate(cfg: RunConfig) -> None:
         )
     need(cfg.lr is None or cfg.lr > 0, "lr", "must be a positive number")
     need(cfg.max_grad_norm > 0, "max_grad_norm", "must be a positive number")
+    need(cfg.loss_scale >= 1, "loss_scale", "must be >= 1")
     need(
         cfg.eps > 0 and cfg.weight_decay >= 0,
         "eps",

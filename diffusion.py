@@ -143,5 +143,5 @@ def generate(sd: SD, prompt: str, seeds: list[int], steps: int, guidance: float,
             steps,
             guidance,
         )
-        out.append(decode(sd, latents).cpu())
+        out.append(decode(sd, latents).clamp(0, 1).cpu())  # as the pipeline returns them
     return torch.cat(out)

@@ -19,7 +19,8 @@ def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, target: int, cf
     """One micro-batch: prompts -> denoising (a graph only through the last `grad_steps` steps)
     -> VAE decode -> classifier -> summed cross-entropy toward `target`."""
     cond = encode(sd, prompts)  # the only input that depends on the token
-    uncond = encode(sd, [""]).expand(len(prompts), -1, -1)
+    with torch.no_grad():
+        uncond = encode(sd, [""]).expand(len(prompts), -1, -1)
     latents = denoise(
         sd,
         noise,
@@ -50,7 +51,9 @@ def micro_batch_size(cfg, device: torch.device) -> int:
     free_gib = torch.cuda.mem_get_info(device)[0] / 2**30
     per_image = (3.4 if cfg.gradient_checkpointing else 4.4) * cfg.height * cfg.width / 512**2
     per_image *= 1 + 0.1 * (cfg.grad_steps - 1)
-    return max(1, min(cfg.epoch_size, int((0.9 * free_gib - 4) / per_image)))
+    fits = max(1, min(cfg.epoch_size, int((0.9 * free_gib - 4) / per_image)))
+    n = -(-cfg.epoch_size // fits)  # fewest micro-batches, balanced: 5 -> 3 + 2, not 4 + 1
+    return -(-cfg.epoch_size // n)
 
 
 def save_token(path, placeholder: str, value: torch.Tensor) -> None:
@@ -79,6 +82,8 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
     noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)  # the same noises every epoch
     prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)
     bs = micro_batch_size(cfg, sd.device)
+    # fp16 only: scale the loss so the token's small gradient does not underflow in half precision.
+    scale = cfg.loss_scale if sd.dtype == torch.float16 else 1.0
     best_loss, best_token, best_epoch, since_best, bad_in_row, skipped = (
         math.inf,
         sd.token.detach().clone(),
@@ -100,7 +105,7 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
         loss_sum, preds = torch.zeros((), device=sd.device), []
         for s in range(0, cfg.epoch_size, bs):
             loss, pred, images = train_step(sd, clf, epoch_prompts[s : s + bs], noise[s : s + bs], target, cfg)
-            (loss / cfg.epoch_size).backward()  # mean cross-entropy over the epoch
+            (loss * scale / cfg.epoch_size).backward()  # mean cross-entropy over the epoch
             loss_sum += loss.detach()
             preds += pred.tolist()
             for k, (im, p) in enumerate(zip(images, pred.tolist())):
@@ -111,6 +116,7 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
         epoch_loss = loss_sum.item() / cfg.epoch_size
         accuracy = sum(p == target for p in preds) / len(preds)
         # Clip after backward (the original clipped before it: REFERENCE.md section 4).
+        sd.token.grad.div_(scale)
         grad_norm = torch.nn.utils.clip_grad_norm_([sd.token], cfg.max_grad_norm).item()
         finite = math.isfinite(epoch_loss) and math.isfinite(grad_norm)
         entry = dict(
@@ -124,7 +130,7 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
         write_text(paths.log, "".join(json.dumps(e) + "\n" for e in log))
         bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{accuracy:.2f}")
         if not finite:  # fp16 overflow and the like: skip this update, count it
-            skipped, bad_in_row = skipped + 1, bad_in_row + 1
+            skipped, bad_in_row, scale = skipped + 1, bad_in_row + 1, max(1.0, scale / 2)
             warnings.warn(f"{paths.dir_name} epoch {epoch}: non-finite loss or gradient, update skipped", stacklevel=2)
             if bad_in_row >= cfg.max_nonfinite:
                 stop = f"{bad_in_row} non-finite updates in a row (try --mixed_precision no or bf16, or lower --lr)"

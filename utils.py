@@ -92,10 +92,10 @@ def to_pil(image: torch.Tensor, scale: int = 1) -> Image.Image:
     return pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST) if scale > 1 else pil
 
 
-def save_image(path, image) -> None:
+def save_image(path, image, compress_level: int = 6) -> None:
     pil = image if isinstance(image, Image.Image) else to_pil(image)
     with atomic_path(path) as tmp:
-        pil.save(tmp, format="PNG")
+        pil.save(tmp, format="PNG", compress_level=compress_level)
 
 
 def view_scale(size: int) -> int:

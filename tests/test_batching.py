@@ -1,0 +1,91 @@
+"""Batching changes the speed, not the math (docs/performance.md):
+
+(a) the epoch's images as one micro-batch give the same token gradient as the original's batch-1
+    gradient accumulation (each loss / epoch_size backpropagated and summed);
+(b) batched generation gives, per seed, the images of batch-1 generation and of the plain diffusers
+    StableDiffusionPipeline called with that seed.
+Tolerances are for fp32 on a CPU, where only the order of floating-point reductions differs.
+"""
+
+import pytest
+import torch
+
+from classifiers import load_classifier
+from config import RunConfig
+from diffusion import generate, initial_noise, load_sd
+from prompt_datasets import PromptDataset
+from train import train_step
+
+GRAD_RTOL = 1e-4  # relative to the largest gradient component
+IMAGE_ATOL = 1e-5  # images in [0, 1]
+
+
+def _sd(tiny):
+    return load_sd(tiny["sd"], torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+
+
+def _token_grad(sd, clf, cfg, prompts, noise, micro_batch: int) -> torch.Tensor:
+    sd.token.grad = None
+    for s in range(0, cfg.epoch_size, micro_batch):
+        loss, _, _ = train_step(sd, clf, prompts[s : s + micro_batch], noise[s : s + micro_batch], 1, cfg)
+        (loss / cfg.epoch_size).backward()
+    return sd.token.grad.clone()
+
+
+@pytest.mark.parametrize("grad_steps, checkpointing", [(1, False), (2, False), (2, True)])
+def test_batched_step_gives_the_accumulated_gradient(tiny, grad_steps, checkpointing):
+    cfg = RunConfig(
+        sd_model=tiny["sd"],
+        classifier=tiny["clf"],
+        device="cpu",
+        height=16,
+        width=16,
+        num_of_SD_inference_steps=3,
+        epoch_size=4,
+        grad_steps=grad_steps,
+        number_of_prompts=3,
+    ).finalize()
+    sd, clf = _sd(tiny), load_classifier(tiny["clf"])
+    if checkpointing:
+        sd.unet.enable_gradient_checkpointing()
+        sd.vae.enable_gradient_checkpointing()
+    dataset = PromptDataset(cfg.placeholder_token, "tiger cat", cfg.number_of_prompts, cfg.epoch_size)
+    prompts = dataset.epoch(cfg.seed, 0)
+    assert len(set(prompts)) > 1  # different prompts in one batch: padding must not change them
+    noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
+    batched = _token_grad(sd, clf, cfg, prompts, noise, micro_batch=4)
+    sequential = _token_grad(sd, clf, cfg, prompts, noise, micro_batch=1)
+    scale = sequential.abs().max()
+    assert scale > 0 and torch.isfinite(scale)
+    assert (batched - sequential).abs().max() <= GRAD_RTOL * scale
+
+
+def test_batched_generation_matches_batch_one_and_diffusers(tiny):
+    from diffusers import StableDiffusionPipeline
+
+    sd = _sd(tiny)
+    prompt, seeds, steps, guidance = "A photo of a tiger cat", [0, 1, 2, 3, 4], 3, 5.0
+    batched = generate(sd, prompt, seeds, steps, guidance, batch_size=3)  # chunks of 3 and 2
+    single = generate(sd, prompt, seeds, steps, guidance, batch_size=1)
+    assert batched.shape == (5, 3, 16, 16)
+    torch.testing.assert_close(batched, single, rtol=0, atol=IMAGE_ATOL)
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny["sd"], safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    reference = torch.cat(
+        [
+            pipe(
+                prompt,
+                generator=torch.Generator().manual_seed(s),
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                output_type="pt",
+                height=16,
+                width=16,
+            ).images
+            for s in seeds
+        ]
+    )
+    # The pipeline clamps its output to [0, 1]; generate() leaves the decoded values unclamped.
+    torch.testing.assert_close(batched.clamp(0, 1), reference, rtol=0, atol=IMAGE_ATOL)
+    assert not torch.equal(batched[0], batched[1])  # different seeds, different images
