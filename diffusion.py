@@ -104,7 +104,7 @@ def initial_noise(sd: SD, seeds: list[int] | None = None, n: int = 0, seed: int 
     return noise.to(sd.device) * sd.scheduler.init_noise_sigma
 
 
-def denoise(sd: SD, latents, cond, uncond, steps: int, guidance: float, grad_steps: int = 0) -> torch.Tensor:
+def denoise(sd: SD, latents, cond, uncond, steps: int, guidance: float, grad_steps: int = 0, callback=None):
     """Classifier-free guided sampling with the model's scheduler. Only the last `grad_steps`
     steps build a graph ("gradient skipping", REFERENCE.md section 1); earlier steps run
     without gradient and with the prompt embedding detached."""
@@ -116,7 +116,10 @@ def denoise(sd: SD, latents, cond, uncond, steps: int, guidance: float, grad_ste
             ctx = context if torch.is_grad_enabled() else context.detach()
             x = sched.scale_model_input(torch.cat([latents] * 2), t)
             eps_u, eps_c = sd.unet(x, t, encoder_hidden_states=ctx).sample.chunk(2)
-            latents = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+            out = sched.step(eps_u + guidance * (eps_c - eps_u), t, latents)
+            latents = out.prev_sample
+        if callback is not None:  # e.g. digits/investigate.py reads each step's predicted x0
+            callback(i, t, out)
     return latents
 
 
