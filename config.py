@@ -50,6 +50,7 @@ class RunConfig:
     number_of_prompts: int = 3  # how many templates of prompt_datasets.TEMPLATES are used
     early_stopping: int = 15  # stop when the epoch loss has not improved for this many epochs
     accuracy_stop: float = 0.7  # stop when more than this share of an epoch's images is the target
+    fresh_noise: bool = False  # new starting noises every epoch (the paper reuses the same epoch_size noises)
     lr: float | None = None  # None = 0.00025 x epoch_size, from the actual epoch_size
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     weight_decay: float = 1e-2  # AdamW; applied to the token's row only

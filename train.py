@@ -79,7 +79,6 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
         weight_decay=cfg.weight_decay,
         eps=cfg.eps,
     )
-    noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)  # the same noises every epoch
     prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)
     bs = micro_batch_size(cfg, sd.device)
     # fp16 only: scale the loss so the token's small gradient does not underflow in half precision.
@@ -101,6 +100,8 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
     )
     for epoch in bar:
         epoch_prompts = prompts.epoch(cfg.seed, epoch)
+        # The paper reuses the same epoch_size noises every epoch; fresh_noise draws new ones.
+        noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed + (epoch if cfg.fresh_noise else 0))
         opt.zero_grad(set_to_none=True)
         loss_sum, preds = torch.zeros((), device=sd.device), []
         for s in range(0, cfg.epoch_size, bs):
