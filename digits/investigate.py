@@ -112,8 +112,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--parts", default="decided,gradient,accuracy")
     p.add_argument("--seeds", type=int, default=100)
-    p.add_argument("--grad_steps", default="1,3,10")
-    p.add_argument("--classes", default="2,1,4")
+    p.add_argument("--grad_steps", default="1,3,15")
+    p.add_argument("--classes", default="2,9")
     a = p.parse_args()
     steps = [int(x) for x in a.grad_steps.split(",")]
     start = time.time()
