@@ -53,6 +53,9 @@ def first_name(label: str) -> str:
 
 
 # ---------------------------------------------------------------- atomic files
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds,
@@ -61,6 +64,7 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

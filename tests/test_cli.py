@@ -32,6 +32,7 @@ def test_end_to_end_writes_every_output(tiny, tmp_path, capsys):
     assert (img / "grid.png").is_file() and (tok / "pipeline" / "model_index.json").is_file()
     assert "2,tiger cat,default," in (out / "results.csv").read_text()
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"
+    assert (img / "grid.png").stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
     assert "baseline" in capsys.readouterr().out
 
 
