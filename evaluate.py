@@ -61,7 +61,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
                 paths.img_dir / "eval" / kind / f"seed{seed:05d}_{p}_{labels[p]}.png",
                 im,
             )
-        rows.append((f"{kind}: {prompts[kind]}", list(images), [labels[p] for p in preds]))
+        rows.append((f"{kind}: {prompts[kind]}", list(images), [f"{p} {labels[p]}" for p in preds]))
     save_image(paths.img_dir / "grid.png", comparison_grid(rows))
     metrics["seconds"] = round(time.time() - start, 2)
     write_json(paths.metrics, metrics)

@@ -56,6 +56,7 @@ def first_name(label: str) -> str:
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path next to `path`; rename it onto `path` only if the block succeeds,
