@@ -45,7 +45,7 @@ def setup(extra=()):
 @torch.no_grad()
 def decided(seeds: int) -> str:
     cfg, sd, _, judge = setup()
-    lines = ["| word | step: " + " | ".join(str(i) for i in range(cfg.eval_steps + 1)) + " |"]
+    lines = ["| word | step " + " | ".join(str(i + 1) for i in range(cfg.eval_steps)) + " | final |"]
     lines.append("| --- " * (cfg.eval_steps + 2) + "|")
     for word in AMBIGUOUS_CLASSES:
         prompt = class_prompt(EVAL_TEMPLATE, "a", word)
