@@ -23,79 +23,12 @@ LABELS = {
 TINY_SIZE = 16
 
 
-def build_tiny_pipeline(path: Path, seed: int = 0) -> Path:
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+def build_tiny_pipeline(path: Path) -> Path:
+    """bench.py's tiny shapes: the same builder makes the benchmark's SD 1.4-shaped models
+    (PNDM scheduler as SD 1.4, CLIP-style tokenizer padded to 49408 entries, 77 positions)."""
+    from bench import SHAPES, build_pipeline
 
-    from digits.tokenizer import build_tokenizer
-    from prompt_datasets import TEMPLATES
-
-    torch.manual_seed(seed)
-    words = TEMPLATES + ["a", "tabby", "tiger cat", "crane", "great white shark"]
-    tok = build_tokenizer(words, model_max_length=16)
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            max_position_embeddings=16,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=16,
-        attention_head_dim=4,
-        norm_num_groups=8,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=TINY_SIZE,
-        scaling_factor=0.18215,
-    )
-    # The SD 1.4 scheduler (REFERENCE.md section 6).
-    sched = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        steps_offset=1,
-        set_alpha_to_one=False,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(path)
+    build_pipeline(SHAPES["tiny"], path)
     return path
 
 
