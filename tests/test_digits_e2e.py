@@ -22,14 +22,14 @@ def demo(tmp_path, class_index: int, *extra: str) -> tuple[dict, float]:
 
 
 @pytest.mark.slow
-def test_token_beats_the_ambiguous_word(tmp_path):
-    class_index = 2  # digit 1, "stick" (the quick-start demo)
+@pytest.mark.parametrize("class_index", [2, 1])  # digit 1 "stick" (the quick-start demo), digit 0 "loop"
+def test_token_beats_the_ambiguous_word(tmp_path, class_index):
     m, seconds = demo(tmp_path, class_index)
     judge = m["eval_classifier"]  # not the classifier the token was trained against
     assert len(m["seeds"]) == 100 and min(m["seeds"]) >= 1000  # evaluation seeds, not training noises
     gain = judge["token_accuracy"] - judge["baseline_accuracy"]
     print(f"class {class_index}: {judge['baseline_accuracy']:.0%} -> {judge['token_accuracy']:.0%} in {seconds:.0f} s")
-    # Measured: 46% -> 76% (docs/digits.md). Thread counts change the float sums and so the
+    # Measured: 46% -> 76% and 44% -> 81% (docs/digits.md). Thread counts change the float sums and so the
     # trajectory a little; 0.15 leaves room for that while still failing a method that does nothing.
     assert gain >= 0.15, judge
     assert (tmp_path / "img" / m["class_name"].join([f"{class_index}_", ""]) / "default" / "grid.png").is_file()
