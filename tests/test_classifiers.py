@@ -64,3 +64,34 @@ def test_mean_pooling_needs_a_vit():
 
     with pytest.raises(UsageError, match="classifier_pooling"):
         load_classifier("timm/resnet18", pooling="mean", pretrained=False)
+
+
+def test_vit_checkpoint_in_the_transformers_4_layout_loads(tiny, tmp_path):
+    """The hub's google/vit-large-patch16-224 and the MAE checkpoints use 4.x key names
+    (encoder.layer.N.attention.attention.query, ...); they must load, not stay random."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    old_names = [
+        ("layers.", "encoder.layer."),
+        ("attention.q_proj", "attention.attention.query"),
+        ("attention.k_proj", "attention.attention.key"),
+        ("attention.v_proj", "attention.attention.value"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "intermediate.dense"),
+        ("mlp.fc2", "output.dense"),
+    ]
+    folder = tmp_path / "vit_old"
+    shutil.copytree(tiny["clf"], folder)
+    state = load_file(folder / "model.safetensors")
+    renamed = {}
+    for k, v in state.items():
+        for new, old in old_names:
+            k = k.replace(new, old)
+        renamed[k] = v
+    assert any("attention.attention.query" in k for k in renamed)
+    save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(load_classifier(str(folder))(images), load_classifier(tiny["clf"])(images))
