@@ -31,13 +31,7 @@ class Preprocess:
             size = tuple(self.resize)
         if size != (h, w):
             aa = self.interpolation in ("bilinear", "bicubic")
-            images = F.interpolate(
-                images,
-                size=size,
-                mode=self.interpolation,
-                antialias=aa,
-                align_corners=False,
-            )
+            images = F.interpolate(images, size=size, mode=self.interpolation, antialias=aa, align_corners=False)
         if self.crop is not None:
             (ch, cw), (h, w) = self.crop, images.shape[-2:]
             top, left = (h - ch) // 2, (w - cw) // 2
@@ -49,51 +43,19 @@ class Preprocess:
 
 # REFERENCE.md section 3. The two ViT-MAE checkpoints read the mean of the patch tokens.
 PRESETS = {
-    "inet": (
-        "google/vit-large-patch16-224",
-        Preprocess(256, (224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic"),
-        "cls",
-    ),
-    "inat": (
-        "vesteinn/vit-mae-inat21",
-        Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-        "mean",
-    ),
-    "cub": (
-        "vesteinn/vit-mae-cub",
-        Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
-        "mean",
-    ),
+    "inet": ("google/vit-large-patch16-224", Preprocess(256, (224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic"), "cls"),
+    "inat": ("vesteinn/vit-mae-inat21", Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bilinear"), "mean"),
+    "cub": ("vesteinn/vit-mae-cub", Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bilinear"), "mean"),
 }
-_RESAMPLE = {
-    0: "nearest",
-    1: "bilinear",
-    2: "bilinear",
-    3: "bicubic",
-    4: "bilinear",
-    5: "bicubic",
-}
+_RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
 
 
 class Classifier(nn.Module):
     """images in [0, 1] -> logits over `labels` (class names, index = class index)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        prep: Preprocess,
-        labels: list[str],
-        pooling: str,
-        name: str,
-    ):
+    def __init__(self, model: nn.Module, prep: Preprocess, labels: list[str], pooling: str, name: str):
         super().__init__()
-        self.model, self.prep, self.labels, self.pooling, self.name = (
-            model,
-            prep,
-            labels,
-            pooling,
-            name,
-        )
+        self.model, self.prep, self.labels, self.pooling, self.name = (model, prep, labels, pooling, name)
         self.model.requires_grad_(False).eval()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -152,13 +114,7 @@ def _load_timm(name: str, pretrained: bool) -> Classifier:
         model = timm.create_model(name, pretrained=pretrained)
     cfg = timm.data.resolve_data_config({}, model=model)
     size = cfg["input_size"][1:]
-    prep = Preprocess(
-        int(size[0] / cfg["crop_pct"]),
-        tuple(size),
-        cfg["mean"],
-        cfg["std"],
-        cfg["interpolation"],
-    )
+    prep = Preprocess(int(size[0] / cfg["crop_pct"]), tuple(size), cfg["mean"], cfg["std"], cfg["interpolation"])
     n = model.num_classes
     info = timm.data.ImageNetInfo()
     names = info.label_descriptions() if n == info.num_classes() else [f"class {i}" for i in range(n)]

@@ -122,7 +122,7 @@ PRESETS = {
         eval_seed=1000,  # evaluation seeds 1000..1099, never training noises
         eval_batch_size=100,
         mixed_precision="no",
-    ),
+    )
 }
 
 
@@ -131,108 +131,38 @@ def _validate(cfg: RunConfig) -> None:
         if not ok:
             raise UsageError(f"--{flag} {getattr(cfg, flag)!r}: {allowed}")
 
-    for flag in (
-        "epoch_size",
-        "num_train_epochs",
-        "num_of_SD_inference_steps",
-        "eval_steps",
-        "test_size",
-    ):
+    for flag in ("epoch_size", "num_train_epochs", "num_of_SD_inference_steps", "eval_steps", "test_size"):
         need(getattr(cfg, flag) > 0, flag, "must be a positive integer")
-    for flag in (
-        "eval_batch_size",
-        "early_stopping",
-        "number_of_prompts",
-        "grad_steps",
-        "max_nonfinite",
-    ):
+    for flag in ("eval_batch_size", "early_stopping", "number_of_prompts", "grad_steps", "max_nonfinite"):
         need(getattr(cfg, flag) > 0, flag, "must be a positive integer")
-    for flag in (
-        "batch_size",
-        "gradient_accumulation_steps",
-        "generate",
-        "eval_seed",
-        "seed",
-    ):
+    for flag in ("batch_size", "gradient_accumulation_steps", "generate", "eval_seed", "seed"):
         need(getattr(cfg, flag) >= 0, flag, "must be zero or a positive integer")
     for flag in ("height", "width"):
-        need(
-            getattr(cfg, flag) > 0 and getattr(cfg, flag) % 8 == 0,
-            flag,
-            "must be a positive multiple of 8",
-        )
+        need(getattr(cfg, flag) > 0 and getattr(cfg, flag) % 8 == 0, flag, "must be a positive multiple of 8")
     need(cfg.lr is None or cfg.lr > 0, "lr", "must be a positive number")
     need(cfg.max_grad_norm > 0, "max_grad_norm", "must be a positive number")
     need(cfg.loss_scale >= 1, "loss_scale", "must be >= 1")
-    need(
-        cfg.eps > 0 and cfg.weight_decay >= 0,
-        "eps",
-        "eps must be positive and weight_decay >= 0",
-    )
-    need(
-        all(0 <= b < 1 for b in cfg.betas) and len(cfg.betas) == 2,
-        "betas",
-        "must be two numbers in [0, 1)",
-    )
+    need(cfg.eps > 0 and cfg.weight_decay >= 0, "eps", "eps must be positive and weight_decay >= 0")
+    need(all(0 <= b < 1 for b in cfg.betas) and len(cfg.betas) == 2, "betas", "must be two numbers in [0, 1)")
     need(0 <= cfg.accuracy_stop <= 1, "accuracy_stop", "must be in [0, 1]")
-    need(
-        cfg.grad_steps <= cfg.num_of_SD_inference_steps,
-        "grad_steps",
-        "must be <= num_of_SD_inference_steps",
-    )
-    need(
-        cfg.guidance_scale >= 1 and cfg.eval_guidance_scale >= 1,
-        "guidance_scale",
-        "guidance must be >= 1",
-    )
-    need(
-        cfg.mixed_precision in ("no", "fp16", "bf16"),
-        "mixed_precision",
-        "allowed: no, fp16, bf16",
-    )
-    need(
-        cfg.classifier_pooling in ("auto", "cls", "mean"),
-        "classifier_pooling",
-        "allowed: auto, cls, mean",
-    )
-    need(
-        cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
-        "device",
-        "auto|cpu|cuda[:N]",
-    )
+    need(cfg.grad_steps <= cfg.num_of_SD_inference_steps, "grad_steps", "must be <= num_of_SD_inference_steps")
+    need(cfg.guidance_scale >= 1 and cfg.eval_guidance_scale >= 1, "guidance_scale", "guidance must be >= 1")
+    need(cfg.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "allowed: no, fp16, bf16")
+    need(cfg.classifier_pooling in ("auto", "cls", "mean"), "classifier_pooling", "allowed: auto, cls, mean")
+    need(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"), "device", "auto|cpu|cuda[:N]")
     need(bool(cfg.placeholder_token.strip()), "placeholder_token", "must not be empty")
-    need(
-        bool(cfg.exp_id) and "/" not in cfg.exp_id,
-        "exp_id",
-        "must be a non-empty name without '/'",
-    )
-    need(
-        cfg.train or cfg.evaluate or cfg.generate > 0,
-        "train",
-        "nothing to do: train, evaluate and generate are off",
-    )
+    need(bool(cfg.exp_id) and "/" not in cfg.exp_id, "exp_id", "must be a non-empty name without '/'")
+    need(cfg.train or cfg.evaluate or cfg.generate > 0, "train", "nothing to do: train, evaluate and generate are off")
     if cfg.batch_size and cfg.gradient_accumulation_steps:
         ok = -(-cfg.epoch_size // cfg.batch_size) == cfg.gradient_accumulation_steps
-        need(
-            ok,
-            "gradient_accumulation_steps",
-            f"must be epoch_size / batch_size = {cfg.epoch_size}/{cfg.batch_size}",
-        )
+        need(ok, "gradient_accumulation_steps", f"must be epoch_size / batch_size = {cfg.epoch_size}/{cfg.batch_size}")
     for flag in ("sd_model", "classifier", "eval_classifier"):
-        need(
-            _model_ref_ok(getattr(cfg, flag), flag),
-            flag,
-            "no such folder (nor a hub id like org/name)",
-        )
+        need(_model_ref_ok(getattr(cfg, flag), flag), flag, "no such folder (nor a hub id like org/name)")
     if not cfg.class_name:
         parse_class_spec(cfg.class_index)  # raises UsageError naming the flag
     out = Path(cfg.output_path)
     probe = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
-    need(
-        probe.is_dir() and os.access(probe, os.W_OK),
-        "output_path",
-        "is not a writable folder",
-    )
+    need(probe.is_dir() and os.access(probe, os.W_OK), "output_path", "is not a writable folder")
 
 
 def _model_ref_ok(ref: str, flag: str) -> bool:
@@ -266,22 +196,13 @@ def _field_type(f: dataclasses.Field) -> tuple[typing.Callable, dict]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="run.py",
-        description="Train and evaluate discriminative class tokens (DisCo).",
-    )
+    p = _Parser(prog="run.py", description="Train and evaluate discriminative class tokens (DisCo).")
     for f in dataclasses.fields(RunConfig):
         if not f.init:
             continue
         conv, extra = _field_type(f)
         # SUPPRESS: the namespace holds only the flags given, so a preset cannot override them.
-        p.add_argument(
-            f"--{f.name}",
-            type=conv,
-            default=argparse.SUPPRESS,
-            help=f"(default: {f.default})",
-            **extra,
-        )
+        p.add_argument(f"--{f.name}", type=conv, default=argparse.SUPPRESS, help=f"(default: {f.default})", **extra)
     return p
 
 

@@ -82,11 +82,7 @@ def encode(sd: SD, prompts: list[str]) -> torch.Tensor:
     """Prompt embeddings, padded to the tokenizer's max length as generation pads them (the
     original padded training prompts to the batch's longest: REFERENCE.md section 4)."""
     ids = sd.tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=sd.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
+        prompts, padding="max_length", max_length=sd.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(sd.device)
     return sd.text_encoder(ids)[0].to(sd.dtype)
 
@@ -138,13 +134,6 @@ def generate(sd: SD, prompt: str, seeds: list[int], steps: int, guidance: float,
         chunk = seeds[i : i + batch_size]
         latents = initial_noise(sd, seeds=chunk)
         n = len(chunk)
-        latents = denoise(
-            sd,
-            latents,
-            cond1.expand(n, -1, -1),
-            uncond1.expand(n, -1, -1),
-            steps,
-            guidance,
-        )
+        latents = denoise(sd, latents, cond1.expand(n, -1, -1), uncond1.expand(n, -1, -1), steps, guidance)
         out.append(decode(sd, latents).clamp(0, 1).cpu())  # as the pipeline returns them
     return torch.cat(out)

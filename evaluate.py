@@ -32,23 +32,10 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         "token": class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name),
         "baseline": class_prompt(EVAL_TEMPLATE, "a", name),
     }
-    metrics = dict(
-        class_index=target + 1,
-        class_name=name,
-        exp_id=cfg.exp_id,
-        seeds=seeds,
-        prompts=prompts,
-    )
+    metrics = dict(class_index=target + 1, class_name=name, exp_id=cfg.exp_id, seeds=seeds, prompts=prompts)
     rows, main = [], next(iter(classifiers))
     for kind in ("baseline", "token"):
-        images = generate(
-            sd,
-            prompts[kind],
-            seeds,
-            cfg.eval_steps,
-            cfg.eval_guidance_scale,
-            cfg.eval_batch_size,
-        )
+        images = generate(sd, prompts[kind], seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
         for role, clf in classifiers.items():
             preds = classify(clf, images, cfg.eval_batch_size, sd.device)
             res = metrics.setdefault(role, dict(name=clf.name))
@@ -57,10 +44,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         preds = metrics[main][f"{kind}_predictions"]
         labels = classifiers[main].labels
         for seed, im, p in zip(seeds, images, preds):
-            save_image(
-                paths.img_dir / "eval" / kind / f"seed{seed:05d}_{p}_{labels[p]}.png",
-                im,
-            )
+            save_image(paths.img_dir / "eval" / kind / f"seed{seed:05d}_{p}_{labels[p]}.png", im)
         rows.append((f"{kind}: {prompts[kind]}", list(images), [f"{p} {labels[p]}" for p in preds]))
     save_image(paths.img_dir / "grid.png", comparison_grid(rows))
     metrics["seconds"] = round(time.time() - start, 2)
@@ -74,21 +58,10 @@ def generate_dataset(cfg, sd, name: str, paths, out_dir: Path) -> int:
     set_token(sd, load_token(paths.token, cfg.placeholder_token))
     prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name)
     todo = [s for s in range(cfg.generate) if not (out_dir / f"{s:05d}.png").exists()]
-    for i in tqdm(
-        range(0, len(todo), cfg.eval_batch_size),
-        desc=f"generate {paths.dir_name}",
-        leave=False,
-    ):
+    for i in tqdm(range(0, len(todo), cfg.eval_batch_size), desc=f"generate {paths.dir_name}", leave=False):
         chunk = todo[i : i + cfg.eval_batch_size]
         seeds = [GENERATE_SEED_OFFSET + s for s in chunk]
-        images = generate(
-            sd,
-            prompt,
-            seeds,
-            cfg.eval_steps,
-            cfg.eval_guidance_scale,
-            cfg.eval_batch_size,
-        )
+        images = generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
         for s, im in zip(chunk, images):
             save_image(out_dir / f"{s:05d}.png", im)
     return len(todo)

@@ -35,11 +35,7 @@ class ClassPaths:
         return cls(d, out / "pipeline_token" / d / cfg.exp_id, out / "img" / d / cfg.exp_id)
 
     def __getattr__(self, name):  # token, metrics, log, train_summary, config
-        files = dict(
-            token="learned_embeds.safetensors",
-            metrics="metrics.json",
-            log="train_log.jsonl",
-        )
+        files = dict(token="learned_embeds.safetensors", metrics="metrics.json", log="train_log.jsonl")
         files |= dict(train_summary="train_summary.json", config="config.json")
         if name not in files:
             raise AttributeError(name)
@@ -100,14 +96,7 @@ def run(cfg: RunConfig) -> int:
                 raise UsageError(f"--train False: class {c + 1} ({labels[c]}) has no trained token at {paths.token}")
     for clf in classifiers.values():
         clf.to(device, dtype)
-    sd = load_sd(
-        cfg.sd_model,
-        device,
-        dtype,
-        (cfg.height, cfg.width),
-        cfg.placeholder_token,
-        cfg.initializer_token,
-    )
+    sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
     if cfg.gradient_checkpointing:
         sd.unet.enable_gradient_checkpointing()
         sd.vae.enable_gradient_checkpointing()
@@ -129,13 +118,7 @@ def run(cfg: RunConfig) -> int:
             m = evaluate_class(cfg, sd, classifiers, c, labels[c], paths)
             tqdm.write(report_line(m))
         if cfg.generate:
-            generate_dataset(
-                cfg,
-                sd,
-                labels[c],
-                paths,
-                Path(cfg.output_path) / "generated" / paths.dir_name,
-            )
+            generate_dataset(cfg, sd, labels[c], paths, Path(cfg.output_path) / "generated" / paths.dir_name)
         if cfg.save_as_full_pipeline:
             save_full_pipeline(sd, paths.token_dir / "pipeline")
     state.wait_for_everyone()
@@ -175,20 +158,8 @@ def save_full_pipeline(sd, out: Path) -> None:
     os.replace(tmp, out)
 
 
-SUMMARY_FIELDS = [
-    "class_index",
-    "class_name",
-    "exp_id",
-    "baseline_accuracy",
-    "token_accuracy",
-]
-SUMMARY_FIELDS += [
-    "eval_baseline_accuracy",
-    "eval_token_accuracy",
-    "epochs",
-    "train_seconds",
-    "token_path",
-]
+SUMMARY_FIELDS = ["class_index", "class_name", "exp_id", "baseline_accuracy", "token_accuracy"]
+SUMMARY_FIELDS += ["eval_baseline_accuracy", "eval_token_accuracy", "epochs", "train_seconds", "token_path"]
 
 
 def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list[dict]:

@@ -21,22 +21,10 @@ def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, target: int, cf
     cond = encode(sd, prompts)  # the only input that depends on the token
     with torch.no_grad():
         uncond = encode(sd, [""]).expand(len(prompts), -1, -1)
-    latents = denoise(
-        sd,
-        noise,
-        cond,
-        uncond,
-        cfg.num_of_SD_inference_steps,
-        cfg.guidance_scale,
-        cfg.grad_steps,
-    )
+    latents = denoise(sd, noise, cond, uncond, cfg.num_of_SD_inference_steps, cfg.guidance_scale, cfg.grad_steps)
     images = decode(sd, latents)
     logits = clf(images)
-    loss = F.cross_entropy(
-        logits,
-        torch.full((len(prompts),), target, device=logits.device),
-        reduction="sum",
-    )
+    loss = F.cross_entropy(logits, torch.full((len(prompts),), target, device=logits.device), reduction="sum")
     return loss, logits.detach().argmax(1), images.detach()
 
 
@@ -72,32 +60,15 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
     """Optimise S_c for class `target`; write the best token, the log and a summary."""
     start = time.time()
     set_token(sd, sd.init_embedding)
-    opt = torch.optim.AdamW(
-        [sd.token],
-        lr=cfg.lr,
-        betas=cfg.betas,
-        weight_decay=cfg.weight_decay,
-        eps=cfg.eps,
-    )
+    opt = torch.optim.AdamW([sd.token], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
     prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)
     bs = micro_batch_size(cfg, sd.device)
     # fp16 only: scale the loss so the token's small gradient does not underflow in half precision.
     scale = cfg.loss_scale if sd.dtype == torch.float16 else 1.0
-    best_loss, best_token, best_epoch, since_best, bad_in_row, skipped = (
-        math.inf,
-        sd.token.detach().clone(),
-        -1,
-        0,
-        0,
-        0,
-    )
+    best_loss, best_token, best_epoch = math.inf, sd.token.detach().clone(), -1
+    since_best = bad_in_row = skipped = 0
     log, stop = [], "num_train_epochs"
-    bar = tqdm(
-        range(cfg.num_train_epochs),
-        desc=paths.dir_name,
-        leave=False,
-        dynamic_ncols=True,
-    )
+    bar = tqdm(range(cfg.num_train_epochs), desc=paths.dir_name, leave=False, dynamic_ncols=True)
     for epoch in bar:
         epoch_prompts = prompts.epoch(cfg.seed, epoch)
         # The paper reuses the same epoch_size noises every epoch; fresh_noise draws new ones.
@@ -110,24 +81,17 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
             loss_sum += loss.detach()
             preds += pred.tolist()
             for k, (im, p) in enumerate(zip(images, pred.tolist())):
-                save_image(
-                    paths.img_dir / "train" / f"e{epoch:03d}_{s + k:02d}_{p}_{clf.labels[p]}.png",
-                    im,
-                )
+                # compress_level 1: PNG's default level costs about as much as the GPU work per image.
+                name = f"e{epoch:03d}_{s + k:02d}_{p}_{clf.labels[p]}.png"
+                save_image(paths.img_dir / "train" / name, im, compress_level=1)
         epoch_loss = loss_sum.item() / cfg.epoch_size
         accuracy = sum(p == target for p in preds) / len(preds)
         # Clip after backward (the original clipped before it: REFERENCE.md section 4).
         sd.token.grad.div_(scale)
         grad_norm = torch.nn.utils.clip_grad_norm_([sd.token], cfg.max_grad_norm).item()
         finite = math.isfinite(epoch_loss) and math.isfinite(grad_norm)
-        entry = dict(
-            epoch=epoch,
-            loss=epoch_loss,
-            accuracy=accuracy,
-            predictions=preds,
-            grad_norm=grad_norm,
-        )
-        log.append(entry | dict(lr=cfg.lr, skipped=not finite, prompts=epoch_prompts))
+        log.append(dict(epoch=epoch, loss=epoch_loss, accuracy=accuracy, predictions=preds, grad_norm=grad_norm))
+        log[-1] |= dict(lr=cfg.lr, skipped=not finite, prompts=epoch_prompts)
         write_text(paths.log, "".join(json.dumps(e) + "\n" for e in log))
         bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{accuracy:.2f}")
         if not finite:  # fp16 overflow and the like: skip this update, count it
@@ -139,12 +103,7 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
             continue
         bad_in_row = 0
         if epoch_loss < best_loss:  # the token that produced the lowest epoch loss is kept
-            best_loss, best_token, best_epoch, since_best = (
-                epoch_loss,
-                sd.token.detach().clone(),
-                epoch,
-                0,
-            )
+            best_loss, best_token, best_epoch, since_best = epoch_loss, sd.token.detach().clone(), epoch, 0
         else:
             since_best += 1
         if accuracy > cfg.accuracy_stop:
@@ -157,12 +116,5 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
     bar.close()
     set_token(sd, best_token)
     save_token(paths.token, cfg.placeholder_token, best_token)
-    summary = dict(
-        epochs=len(log),
-        best_epoch=best_epoch,
-        best_loss=best_loss,
-        stop=stop,
-        nonfinite_skipped=skipped,
-    )
-    summary |= dict(micro_batch_size=bs, seconds=round(time.time() - start, 2))
-    return summary
+    summary = dict(epochs=len(log), best_epoch=best_epoch, best_loss=best_loss, stop=stop, nonfinite_skipped=skipped)
+    return summary | dict(micro_batch_size=bs, seconds=round(time.time() - start, 2))

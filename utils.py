@@ -122,11 +122,7 @@ def comparison_grid(rows: list[tuple[str, list[torch.Tensor], list[str]]], max_c
         draw.text((4, y + 3), title, fill="black")
         for c, tile in enumerate(row_tiles):
             grid.paste(tile, (c * w, y + title_h))
-            draw.text(
-                (c * w + 3, y + title_h + h + 1),
-                captions[c][: max(4, w // 7)],
-                fill="black",
-            )
+            draw.text((c * w + 3, y + title_h + h + 1), captions[c][: max(4, w // 7)], fill="black")
     return grid
 
 

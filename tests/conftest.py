@@ -13,13 +13,7 @@ sys.path.insert(0, str(ROOT))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-LABELS = {
-    0: "tabby, tabby cat",
-    1: "tiger cat",
-    2: "crane",
-    3: "crane",
-    4: "great_white_shark",
-}
+LABELS = {0: "tabby, tabby cat", 1: "tiger cat", 2: "crane", 3: "crane", 4: "great_white_shark"}
 TINY_SIZE = 16
 
 
