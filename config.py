@@ -7,7 +7,9 @@ converts them once into the 0-based `RunConfig.classes`.
 
 import argparse
 import dataclasses
+import inspect
 import os
+import re
 import sys
 import types
 import typing
@@ -62,11 +64,11 @@ class RunConfig:
     guidance_scale: float = 7.0  # classifier-free guidance while training
     num_of_SD_inference_steps: int = 30  # denoising steps while training
     grad_steps: int = 1  # backpropagate through the last N denoising steps (1 = paper's gradient skipping)
-    height: int = 512  # image size in pixels
-    width: int = 512
+    height: int = 512  # image height in pixels
+    width: int = 512  # image width in pixels
     # --- evaluation ---
     test_size: int = 10  # evaluation seeds: eval_seed .. eval_seed + test_size - 1
-    eval_seed: int = 0
+    eval_seed: int = 0  # first evaluation seed
     eval_steps: int = 50  # the original evaluated with the pipeline's defaults: 50 steps,
     eval_guidance_scale: float = 7.5  # guidance 7.5
     eval_batch_size: int = 10  # images per forward pass when generating (results do not depend on it)
@@ -195,14 +197,27 @@ def _field_type(f: dataclasses.Field) -> tuple[typing.Callable, dict]:
     return tp, {}
 
 
+def _field_comments() -> dict[str, str]:
+    """The comment beside each RunConfig field is its --help text (written once, in this file)."""
+    src = inspect.getsource(RunConfig)
+    return dict(re.findall(r"^\s+(\w+): [^#\n]*#\s*(.*)$", src, flags=re.M))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="run.py", description="Train and evaluate discriminative class tokens (DisCo).")
+    helps = _field_comments()
     for f in dataclasses.fields(RunConfig):
         if not f.init:
             continue
         conv, extra = _field_type(f)
         # SUPPRESS: the namespace holds only the flags given, so a preset cannot override them.
-        p.add_argument(f"--{f.name}", type=conv, default=argparse.SUPPRESS, help=f"(default: {f.default})", **extra)
+        p.add_argument(
+            f"--{f.name}",
+            type=conv,
+            default=argparse.SUPPRESS,
+            help=f"{helps.get(f.name, '')} (default: {f.default})",
+            **extra,
+        )
     return p
 
 

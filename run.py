@@ -132,8 +132,10 @@ def run(cfg: RunConfig) -> int:
 def quiet_libraries() -> None:
     """Our own bars and lines are the output; the libraries' loading bars and notices are noise."""
     import diffusers
+    import huggingface_hub
     import transformers
 
+    huggingface_hub.utils.logging.set_verbosity_error()
     for lib in (diffusers, transformers):
         lib.utils.logging.set_verbosity_error()
         lib.utils.logging.disable_progress_bar()

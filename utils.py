@@ -153,7 +153,8 @@ def hub_guard(what: str):
         elif cause is not None or offline or "connect" in str(e):
             msg = (
                 f"not in the local cache and the hub cannot be reached{' (HF_HUB_OFFLINE=1)' if offline else ''}; "
-                "download it once with network access (unset HF_HUB_OFFLINE), or pass a local folder"
+                f"download it once with network access{' (unset HF_HUB_OFFLINE)' if offline else ''}, "
+                "or pass a local folder"
             )
         else:
             msg = "cannot be loaded: " + (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -1,5 +1,7 @@
 """The command line is generated from RunConfig: 1-based indices, booleans, derived values."""
 
+import dataclasses
+
 import pytest
 
 from config import PRESETS, RunConfig, parse_args
@@ -59,3 +61,12 @@ def test_accumulation_derives_the_micro_batch():
     assert parse_args(["--gradient_accumulation_steps", "5"]).batch_size == 1
     with pytest.raises(UsageError, match="gradient_accumulation_steps"):
         parse_args(["--batch_size", "2", "--gradient_accumulation_steps", "5"])
+
+
+def test_every_flag_has_the_fields_comment_as_help():
+    from config import _field_comments
+
+    comments = _field_comments()
+    missing = [f.name for f in dataclasses.fields(RunConfig) if f.init and not comments.get(f.name)]
+    assert not missing, missing
+    assert "gradient skipping" in comments["grad_steps"]
