@@ -33,6 +33,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         "baseline": class_prompt(EVAL_TEMPLATE, "a", name),
     }
     metrics = dict(class_index=target + 1, class_name=name, exp_id=cfg.exp_id, seeds=seeds, prompts=prompts)
+    metrics["settings"] = dict(sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
     rows, main = [], next(iter(classifiers))
     for kind in ("baseline", "token"):
         images = generate(sd, prompts[kind], seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)

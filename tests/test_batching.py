@@ -89,3 +89,19 @@ def test_batched_generation_matches_batch_one_and_diffusers(tiny):
     # The pipeline clamps its output to [0, 1]; generate() leaves the decoded values unclamped.
     torch.testing.assert_close(batched.clamp(0, 1), reference, rtol=0, atol=IMAGE_ATOL)
     assert not torch.equal(batched[0], batched[1])  # different seeds, different images
+
+
+def test_auto_micro_batch_is_balanced_and_fits(monkeypatch):
+    """batch_size 0 on a GPU: as many images as the memory model allows, split evenly."""
+    import torch
+
+    from config import RunConfig
+    from train import micro_batch_size
+
+    cfg = RunConfig(batch_size=0, epoch_size=5).finalize()
+    gib = 2**30
+    for free, expected in ((80, 5), (20, 3), (12, 2), (6, 1)):  # 3.4 GiB per image + 4 GiB fixed
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None, f=free: (f * gib, 80 * gib))
+        assert micro_batch_size(cfg, torch.device("cuda")) == expected, free
+    assert micro_batch_size(cfg, torch.device("cpu")) == 5
+    assert micro_batch_size(RunConfig(batch_size=2).finalize(), torch.device("cpu")) == 2

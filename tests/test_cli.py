@@ -24,6 +24,7 @@ def test_end_to_end_writes_every_output(tiny, tmp_path, capsys):
     m = json.loads((tok / "metrics.json").read_text())
     assert m["class_index"] == 2 and m["class_name"] == "tiger cat" and m["seeds"] == [0, 1]
     assert m["prompts"] == {"token": "A photo of newclas tiger cat", "baseline": "A photo of a tiger cat"}
+    assert m["settings"]["steps"] == 3 and m["settings"]["guidance_scale"] == 7.5
     for role in ("classifier", "eval_classifier"):
         assert {"baseline_accuracy", "token_accuracy"} <= set(m[role]) and len(m[role]["token_predictions"]) == 2
     assert len(list((img / "train").glob("e000_*.png"))) == 2
