@@ -92,16 +92,11 @@ def load_classifier(spec: str, pooling: str = "auto", pretrained: bool = True) -
 
 
 def _prep_from_processor(proc, model_id: str) -> Preprocess:
-    size = proc.size
     if not getattr(proc, "do_resize", True):
-        resize = None
-    elif getattr(size, "shortest_edge", None):
-        resize = size.shortest_edge
-    else:
-        resize = (size.height, size.width)
-    crop = (proc.crop_size.height, proc.crop_size.width) if getattr(proc, "do_center_crop", False) else None
-    if resize is None:
         raise UsageError(f"--classifier {model_id}: its image processor does not resize; cannot preprocess")
+    size = proc.size
+    resize = size.shortest_edge if getattr(size, "shortest_edge", None) else (size.height, size.width)
+    crop = (proc.crop_size.height, proc.crop_size.width) if getattr(proc, "do_center_crop", False) else None
     resample = _RESAMPLE.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
     return Preprocess(resize, crop, tuple(proc.image_mean), tuple(proc.image_std), resample)
 

@@ -127,7 +127,7 @@ def decode(sd: SD, latents: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(sd: SD, prompt: str, seeds: list[int], steps: int, guidance: float, batch_size: int) -> torch.Tensor:
     """Images [N, 3, H, W] in [0, 1] on the CPU, one per seed; batched, identical per seed to
-    batch-1 generation (tests/test_generation.py)."""
+    batch-1 generation (tests/test_batching.py)."""
     uncond1, cond1 = encode(sd, [""]), encode(sd, [prompt])
     out = []
     for i in range(0, len(seeds), batch_size):

@@ -34,12 +34,25 @@ class ClassPaths:
         out = Path(cfg.output_path)
         return cls(d, out / "pipeline_token" / d / cfg.exp_id, out / "img" / d / cfg.exp_id)
 
-    def __getattr__(self, name):  # token, metrics, log, train_summary, config
-        files = dict(token="learned_embeds.safetensors", metrics="metrics.json", log="train_log.jsonl")
-        files |= dict(train_summary="train_summary.json", config="config.json")
-        if name not in files:
-            raise AttributeError(name)
-        return self.token_dir / files[name]
+    @property
+    def token(self) -> Path:
+        return self.token_dir / "learned_embeds.safetensors"
+
+    @property
+    def config(self) -> Path:
+        return self.token_dir / "config.json"
+
+    @property
+    def log(self) -> Path:
+        return self.token_dir / "train_log.jsonl"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.token_dir / "train_summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.token_dir / "metrics.json"
 
 
 def resolve_classes(cfg: RunConfig, labels: list[str]) -> list[int]:
@@ -49,16 +62,13 @@ def resolve_classes(cfg: RunConfig, labels: list[str]) -> list[int]:
         if not hits:
             raise UsageError(f"--class_name {cfg.class_name!r}: not a class of the classifier")
         if len(hits) > 1:
-            raise UsageError(f"--class_name {cfg.class_name!r} is ambiguous: use --class_index {hits_1(hits)}")
+            options = " or ".join(str(i + 1) for i in hits)
+            raise UsageError(f"--class_name {cfg.class_name!r} is ambiguous: use --class_index {options}")
         return hits
     bad = [i + 1 for i in cfg.classes if i >= len(labels)]
     if bad:
         raise UsageError(f"--class_index {cfg.class_index!r}: {bad[0]} is out of range; allowed 1..{len(labels)}")
     return cfg.classes
-
-
-def hits_1(hits: list[int]) -> str:
-    return " or ".join(str(i + 1) for i in hits)
 
 
 def device_and_dtype(cfg: RunConfig, state) -> tuple[torch.device, torch.dtype]:
@@ -196,7 +206,8 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
     writer.writeheader()
     writer.writerows(ordered)
     write_text(path, buf.getvalue())
-    return [r for r in ordered if r["exp_id"] == cfg.exp_id and int(r["class_index"]) - 1 in set(classes)]
+    wanted = {c + 1 for c in classes}
+    return [r for r in ordered if r["exp_id"] == cfg.exp_id and int(r["class_index"]) in wanted]
 
 
 def format_table(rows: list[dict]) -> str:

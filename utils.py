@@ -22,10 +22,10 @@ def parse_bool(text: str) -> bool:
         return True
     if low in ("false", "f", "no", "n", "0", "off"):
         return False
-    raise ValueError(text)  # argparse turns this into "argument --x: invalid parse_bool value: 'maybe'"
+    raise ValueError(text)  # argparse turns this into "argument --x: invalid boolean value: 'maybe'"
 
 
-parse_bool.__name__ = "boolean"  # argparse names the type in its message: "invalid boolean value"
+parse_bool.__name__ = "boolean"  # the name argparse puts in that message
 
 
 def parse_class_spec(spec: str) -> list[int]:
