@@ -24,10 +24,10 @@ import torch
 
 from classifiers import PRESETS, Classifier, Preprocess
 from config import RunConfig
-from diffusion import generate, initial_noise, load_sd
+from diffusion import configure, generate, initial_noise, load_sd
 from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
-from run import ClassPaths, device_and_dtype
-from train import micro_batch_size, train_class, train_step
+from run import ClassPaths, device_and_dtype, quiet_libraries
+from train import epoch_gradient, micro_batch_size, train_class
 
 CLASS_NAME, TARGET = "tiger cat", 282  # REFERENCE.md section 2's example class (ImageNet index 282)
 SHAPES = {
@@ -127,22 +127,18 @@ def make_cfg(shape: dict, folder: Path, device: str, **overrides) -> RunConfig:
     return RunConfig(**kw | overrides).finalize()
 
 
-def configure(sd, clf, cfg: RunConfig, channels_last: bool = False) -> None:
-    """Put the loaded models into `cfg`'s settings as run.py does (dtype, checkpointing, compile)."""
+def configure_bench(sd, clf, cfg: RunConfig, channels_last: bool = False) -> None:
+    """Put the loaded models into `cfg`'s settings as run.py does (dtype, then diffusion.configure)."""
     _, dtype = device_and_dtype(cfg, None)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for m in (sd.unet, sd.vae):
         if m.dtype != dtype:  # (diffusers warns at every cast)
             m.to(dtype=dtype)
         m.to(memory_format=fmt)
-        if cfg.gradient_checkpointing:
-            m.enable_gradient_checkpointing()
-        else:
-            m.disable_gradient_checkpointing()
     clf.to(dtype=dtype)
     sd.dtype = dtype
-    if cfg.compile:  # in place, as run.py; there is no undoing it, so the compiled cases run last
-        sd.unet.compile()
+    # compile is in place: there is no undoing it, so the compiled cases run last
+    configure(sd, cfg.gradient_checkpointing, cfg.compile)
 
 
 def measure(fn, images: int, device: torch.device, repeats: int, warmup: int) -> dict:
@@ -176,9 +172,7 @@ def bench_train(sd, clf, cfg: RunConfig, full: bool = False, **kw) -> dict:
         if full:
             return train_class(cfg, sd, clf, TARGET, CLASS_NAME, ClassPaths.of(cfg, TARGET, CLASS_NAME))
         sd.token.grad = None
-        for s in range(0, cfg.epoch_size, bs):
-            loss, _, _ = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], TARGET, cfg)
-            (loss / cfg.epoch_size).backward()
+        epoch_gradient(sd, clf, prompts, noise, TARGET, cfg, bs)
 
     res = measure(epoch, cfg.epoch_size, sd.device, **kw)
     return dict(res, micro_batch_size=bs, steps=cfg.num_of_SD_inference_steps, dtype=str(sd.dtype))
@@ -236,10 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:  # last, like a run.py process: one compiled UNet for training, then for evaluation
         cases += [("train", "disco_compile", COMPILE_CASE), ("generate", "disco_compile", COMPILE_CASE)]
     import diffusers
-    import transformers
 
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.disable_progress_bar()
+    quiet_libraries()
     result = dict(device="cpu", torch=torch.__version__, diffusers=diffusers.__version__, shape=shape_name, **kw)
     result |= dict(tf32_matmul=torch.backends.cuda.matmul.allow_tf32, train={}, generate={})
     with tempfile.TemporaryDirectory(prefix="bench_sd_") as tmp:  # SD 1.4 shapes: about 4.3 GB
@@ -255,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             over = dict(over)
             channels_last, full = over.pop("channels_last", False), over.pop("full", False)
             cfg = make_cfg(shape, folder, device, **over)
-            configure(sd, clf, cfg, channels_last)
+            configure_bench(sd, clf, cfg, channels_last)
             r = bench_train(sd, clf, cfg, full, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
             result[what][case] = r
             print(f"{what:8} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)

@@ -72,6 +72,15 @@ def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, 
     return sd
 
 
+def configure(sd: SD, gradient_checkpointing: bool, compile: bool = False) -> None:
+    """The run's model settings: checkpointing of UNet and VAE activations (used only in the
+    gradient steps), and torch.compile of the UNet in place (the pipeline keeps its UNet object)."""
+    for m in (sd.unet, sd.vae):
+        m.enable_gradient_checkpointing() if gradient_checkpointing else m.disable_gradient_checkpointing()
+    if compile:
+        sd.unet.compile()
+
+
 def set_token(sd: SD, value: torch.Tensor) -> None:
     with torch.no_grad():
         sd.token.copy_(value)

@@ -84,7 +84,7 @@ def run(cfg: RunConfig) -> int:
     from accelerate import PartialState
 
     from classifiers import load_classifier
-    from diffusion import load_sd
+    from diffusion import configure, load_sd
     from evaluate import evaluate_class, generate_dataset
     from train import train_class
 
@@ -107,11 +107,7 @@ def run(cfg: RunConfig) -> int:
     for clf in classifiers.values():
         clf.to(device, dtype)
     sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
-    if cfg.gradient_checkpointing:
-        sd.unet.enable_gradient_checkpointing()
-        sd.vae.enable_gradient_checkpointing()
-    if cfg.compile:
-        sd.unet.compile()  # in place: the pipeline keeps its UNet object (save_pretrained works)
+    configure(sd, cfg.gradient_checkpointing, cfg.compile)
 
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
     for c in tqdm(mine, desc="classes", unit="class", disable=len(mine) < 2, position=0, dynamic_ncols=True):

@@ -4,6 +4,7 @@ import json
 import math
 import time
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,29 @@ def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, target: int, cf
     logits = clf(images)
     loss = F.cross_entropy(logits, torch.full((len(prompts),), target, device=logits.device), reduction="sum")
     return loss, logits.detach().argmax(1), images.detach()
+
+
+def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scale: float = 1.0, on_images=None):
+    """One epoch's images in micro-batches of `bs`; each micro-batch's summed loss x scale / epoch
+    size is backpropagated, so the token's accumulated gradient is that of the epoch's mean loss
+    (batch 1 with accumulation, as the original, gives the same gradient: tests/test_batching.py).
+    Returns the mean loss and the predicted classes."""
+    loss_sum, preds = torch.zeros((), device=sd.device), []
+    for s in range(0, len(prompts), bs):
+        loss, pred, images = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], target, cfg)
+        (loss * scale / len(prompts)).backward()
+        loss_sum += loss.detach()
+        preds += pred.tolist()
+        if on_images is not None:
+            on_images(s, images, pred.tolist())
+    return loss_sum.item() / len(prompts), preds
+
+
+def save_train_images(folder, labels: list[str], epoch: int, start: int, images, preds: list[int]) -> None:
+    """e003_02_282_tiger_cat.png: epoch, image, predicted class. Compress level 1: PNG's default
+    level costs about as much as the GPU work per image."""
+    for k, (im, p) in enumerate(zip(images, preds)):
+        save_image(folder / f"e{epoch:03d}_{start + k:02d}_{p}_{labels[p]}.png", im, compress_level=1)
 
 
 def micro_batch_size(cfg, device: torch.device) -> int:
@@ -74,17 +98,8 @@ def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
         # The paper reuses the same epoch_size noises every epoch; fresh_noise draws new ones.
         noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed + (epoch if cfg.fresh_noise else 0))
         opt.zero_grad(set_to_none=True)
-        loss_sum, preds = torch.zeros((), device=sd.device), []
-        for s in range(0, cfg.epoch_size, bs):
-            loss, pred, images = train_step(sd, clf, epoch_prompts[s : s + bs], noise[s : s + bs], target, cfg)
-            (loss * scale / cfg.epoch_size).backward()  # mean cross-entropy over the epoch
-            loss_sum += loss.detach()
-            preds += pred.tolist()
-            for k, (im, p) in enumerate(zip(images, pred.tolist())):
-                # compress_level 1: PNG's default level costs about as much as the GPU work per image.
-                name = f"e{epoch:03d}_{s + k:02d}_{p}_{clf.labels[p]}.png"
-                save_image(paths.img_dir / "train" / name, im, compress_level=1)
-        epoch_loss = loss_sum.item() / cfg.epoch_size
+        save = partial(save_train_images, paths.img_dir / "train", clf.labels, epoch)
+        epoch_loss, preds = epoch_gradient(sd, clf, epoch_prompts, noise, target, cfg, bs, scale, save)
         accuracy = sum(p == target for p in preds) / len(preds)
         # Clip after backward (the original clipped before it: REFERENCE.md section 4).
         sd.token.grad.div_(scale)
