@@ -27,7 +27,7 @@ from config import RunConfig
 from diffusion import configure, generate, initial_noise, load_sd
 from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
 from run import ClassPaths, device_and_dtype, quiet_libraries
-from train import epoch_gradient, micro_batch_size, train_class
+from train import epoch_gradient, make_scaler, micro_batch_size, train_class
 
 CLASS_NAME, TARGET = "tiger cat", 282  # REFERENCE.md section 2's example class (ImageNet index 282)
 SHAPES = {
@@ -167,12 +167,13 @@ def bench_train(sd, clf, cfg: RunConfig, full: bool = False, **kw) -> dict:
     bs = micro_batch_size(cfg, sd.device)
     prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
     noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
+    scaler = make_scaler(sd, cfg)  # fp16: scaled as in training
 
     def epoch():
         if full:
             return train_class(cfg, sd, clf, TARGET, CLASS_NAME, ClassPaths.of(cfg, TARGET, CLASS_NAME))
         sd.token.grad = None
-        epoch_gradient(sd, clf, prompts, noise, TARGET, cfg, bs)
+        epoch_gradient(sd, clf, prompts, noise, TARGET, cfg, bs, scaler)
 
     res = measure(epoch, cfg.epoch_size, sd.device, **kw)
     return dict(res, micro_batch_size=bs, steps=cfg.num_of_SD_inference_steps, dtype=str(sd.dtype))

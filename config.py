@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prompt_datasets import TEMPLATES
 from utils import UsageError, parse_bool, parse_class_spec
 
 HERE = Path(__file__).resolve().parent
@@ -49,21 +50,22 @@ class RunConfig:
     epoch_size: int = 5  # images per epoch; the same epoch_size starting noises every epoch
     batch_size: int = 0  # images per forward pass; 0 = auto (the whole epoch, or what fits in GPU memory)
     gradient_accumulation_steps: int = 0  # micro-batches per epoch; 0 = derived from batch_size
-    number_of_prompts: int = 3  # how many templates of prompt_datasets.TEMPLATES are used
-    early_stopping: int = 15  # stop when the epoch loss has not improved for this many epochs
+    number_of_prompts: int = 3  # how many of the original's 31 templates (prompt_datasets.TEMPLATES) are used
+    early_stopping: int = 15  # as the original: stop after early_stopping + 1 epochs without loss improvement
     accuracy_stop: float = 0.7  # stop when more than this share of an epoch's images is the target
     fresh_noise: bool = False  # new starting noises every epoch (the paper reuses the same epoch_size noises)
+    reseed_on_collapse: bool = True  # as the original: seed + 1 (new noises) after an epoch loss > 2x the best
     lr: float | None = None  # None = 0.00025 x epoch_size, from the actual epoch_size
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     weight_decay: float = 1e-2  # AdamW; applied to the token's row only
     eps: float = 1e-8  # AdamW
     max_grad_norm: float = 1.0  # clip the token's gradient (after backward) to this norm
-    loss_scale: float = 1024.0  # fp16 only: loss x this before backward, gradient / this after; halved on overflow
+    loss_scale: float = 65536.0  # fp16 only: initial scale of torch's dynamic GradScaler (the original's 2^16)
     max_nonfinite: int = 5  # stop a class after this many non-finite updates in a row
     seed: int = 35  # seeds the training noises (the same every epoch) and the prompt order
     guidance_scale: float = 7.0  # classifier-free guidance while training
     num_of_SD_inference_steps: int = 30  # denoising steps while training
-    grad_steps: int = 1  # backpropagate through the last N denoising steps (1 = paper's gradient skipping)
+    grad_steps: int = 1  # gradient skipping: grad through the last N sampler steps only (PNDM: N+1 UNet calls)
     height: int = 512  # image height in pixels
     width: int = 512  # image width in pixels
     # --- evaluation ---
@@ -147,6 +149,7 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.eps > 0 and cfg.weight_decay >= 0, "eps", "eps must be positive and weight_decay >= 0")
     need(all(0 <= b < 1 for b in cfg.betas) and len(cfg.betas) == 2, "betas", "must be two numbers in [0, 1)")
     need(0 <= cfg.accuracy_stop <= 1, "accuracy_stop", "must be in [0, 1]")
+    need(cfg.number_of_prompts <= len(TEMPLATES), "number_of_prompts", f"at most {len(TEMPLATES)} templates exist")
     need(cfg.grad_steps <= cfg.num_of_SD_inference_steps, "grad_steps", "must be <= num_of_SD_inference_steps")
     need(cfg.guidance_scale >= 1 and cfg.eval_guidance_scale >= 1, "guidance_scale", "guidance must be >= 1")
     need(cfg.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "allowed: no, fp16, bf16")

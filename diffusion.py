@@ -1,6 +1,7 @@
 """Stable Diffusion side: loading, the class token S_c, prompt encoding, the one denoising
 helper used by training and generation, decoding."""
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -74,11 +75,32 @@ def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, 
 
 def configure(sd: SD, gradient_checkpointing: bool, compile: bool = False) -> None:
     """The run's model settings: checkpointing of UNet and VAE activations (used only in the
-    gradient steps), and torch.compile of the UNet in place (the pipeline keeps its UNet object)."""
+    gradient steps, see `checkpointing_mode`), and torch.compile of the UNet in place (the
+    pipeline keeps its UNet object)."""
     for m in (sd.unet, sd.vae):
         m.enable_gradient_checkpointing() if gradient_checkpointing else m.disable_gradient_checkpointing()
     if compile:
         sd.unet.compile()
+
+
+@contextmanager
+def checkpointing_mode(sd: SD):
+    """Train mode for the checkpointed models during a gradient step. Older diffusers (0.30, say)
+    checkpoint only when `module.training` is true, newer ones when grad is enabled; the original
+    kept `unet.train()` "to enable gradient checkpointing". SD's UNet and VAE have no batch norm
+    and every dropout module stays in eval mode, so only rounding can change (diffusers makes a
+    tensor contiguous in train mode; tested). Generation stays in eval mode."""
+    models = [m for m in (sd.unet, sd.vae) if m.is_gradient_checkpointing]
+    for m in models:
+        m.train()
+        for d in m.modules():
+            if isinstance(d, nn.modules.dropout._DropoutNd):
+                d.eval()
+    try:
+        yield
+    finally:
+        for m in models:
+            m.eval()
 
 
 def set_token(sd: SD, value: torch.Tensor) -> None:
@@ -110,14 +132,17 @@ def initial_noise(sd: SD, seeds: list[int] | None = None, n: int = 0, seed: int 
 
 
 def denoise(sd: SD, latents, cond, uncond, steps: int, guidance: float, grad_steps: int = 0, callback=None):
-    """Classifier-free guided sampling with the model's scheduler. Only the last `grad_steps`
-    steps build a graph ("gradient skipping", REFERENCE.md section 1); earlier steps run
-    without gradient and with the prompt embedding detached."""
+    """Classifier-free guided sampling with the model's scheduler. "Gradient skipping"
+    (REFERENCE.md sections 1 and 2): only the UNet calls from sampler step `steps - grad_steps`
+    on build a graph, by the original's index rule over `scheduler.timesteps`
+    (`i >= num_inference_steps - grad_steps`). PNDM with skip_prk_steps (SD 1.4) lists N+1
+    timesteps for N steps, so grad_steps=1 opens two UNet calls there (t=34 and t=1 at 30 steps),
+    as in the original; DDIM lists N, so one. Earlier calls run without gradient."""
     sched = sd.scheduler
     sched.set_timesteps(steps, device=sd.device)  # also resets multistep state (PNDM)
     context = torch.cat([uncond, cond])
     for i, t in enumerate(sched.timesteps):
-        with torch.set_grad_enabled(i >= len(sched.timesteps) - grad_steps):
+        with torch.set_grad_enabled(grad_steps > 0 and i >= steps - grad_steps):
             ctx = context if torch.is_grad_enabled() else context.detach()
             x = sched.scale_model_input(torch.cat([latents] * 2), t)
             eps_u, eps_c = sd.unet(x, t, encoder_hidden_states=ctx).sample.chunk(2)
@@ -129,7 +154,7 @@ def denoise(sd: SD, latents, cond, uncond, steps: int, guidance: float, grad_ste
 
 
 def decode(sd: SD, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [0, 1], not clamped (a clamp would cut the gradient)."""
+    """Latents -> images, about [0, 1], not yet clamped (training clamps straight-through)."""
     return sd.vae.decode(latents / sd.vae.config.scaling_factor).sample.float() / 2 + 0.5
 
 

@@ -2,17 +2,41 @@
 
 import torch
 
-# Textual-inversion style templates. DisCo fills the first `number_of_prompts` with the
-# placeholder and then appends " " + class name: "A photo of newclas tiger cat".
+# The original's `imagenet_templates_small` (prompt_dataset.py), all 31, in its order. DisCo
+# fills the first `number_of_prompts` with the placeholder and then appends " " + class name:
+# "A photo of newclas tiger cat" (REFERENCE.md section 2).
 TEMPLATES = [
     "A photo of {}",
     "a high resolution realistic image of {}",
     "A close-up photo of a {}",
-    "a rendering of {}",
-    "a cropped photo of {}",
-    "a good photo of {}",
-    "a bright photo of {}",
-    "a clean photo of {}",
+    "A rendition of a {}",
+    "a photo of a nice {}",
+    "A painting of a {}",
+    "a good photo of a {}",
+    "the photo of a {}",
+    "a bright photo of the {}",
+    "a photo of a clean {}",
+    "a photo of a dirty {}",
+    "a dark photo of the {}",
+    "a photo of my {}",
+    "a photo of the cool {}",
+    "a bright photo of the {}",
+    "a cropped photo of a {}",
+    "a photo of the {}",
+    "a good photo of the {}",
+    "a photo of one {}",
+    "a close-up photo of the {}",
+    "a rendition of the {}",
+    "a photo of the clean {}",
+    "a rendition of a {}",
+    "a photo of a nice {}",
+    "a good photo of a {}",
+    "a photo of the nice {}",
+    "a photo of the small {}",
+    "a photo of the weird {}",
+    "a photo of the large {}",
+    "a photo of a cool {}",
+    "a photo of a small {}",
 ]
 
 EVAL_TEMPLATE = "A photo of {}"  # evaluation: "A photo of newclas {class}" vs "A photo of a {class}"

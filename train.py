@@ -11,33 +11,43 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from diffusion import decode, denoise, encode, initial_noise, set_token
+from diffusion import checkpointing_mode, decode, denoise, encode, initial_noise, set_token
 from prompt_datasets import PromptDataset
 from utils import atomic_path, save_image, write_text
 
 
+def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
+    """Forward: clamp(0, 1), the image the original classifies in training and that evaluation
+    classifies. Backward: identity, so saturated pixels still pass gradient (a plain clamp
+    zeroes it: REFERENCE.md section 8)."""
+    return images + (images.clamp(0, 1) - images).detach()
+
+
 def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, target: int, cfg):
-    """One micro-batch: prompts -> denoising (a graph only through the last `grad_steps` steps)
-    -> VAE decode -> classifier -> summed cross-entropy toward `target`."""
+    """One micro-batch: prompts -> denoising (a graph only through the last `grad_steps` sampler
+    steps) -> VAE decode -> clamp (straight-through) -> classifier -> summed cross-entropy."""
     cond = encode(sd, prompts)  # the only input that depends on the token
     with torch.no_grad():
         uncond = encode(sd, [""]).expand(len(prompts), -1, -1)
-    latents = denoise(sd, noise, cond, uncond, cfg.num_of_SD_inference_steps, cfg.guidance_scale, cfg.grad_steps)
-    images = decode(sd, latents)
+    with checkpointing_mode(sd):
+        latents = denoise(sd, noise, cond, uncond, cfg.num_of_SD_inference_steps, cfg.guidance_scale, cfg.grad_steps)
+        images = straight_through_clamp(decode(sd, latents))
     logits = clf(images)
     loss = F.cross_entropy(logits, torch.full((len(prompts),), target, device=logits.device), reduction="sum")
     return loss, logits.detach().argmax(1), images.detach()
 
 
-def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scale: float = 1.0, on_images=None):
-    """One epoch's images in micro-batches of `bs`; each micro-batch's summed loss x scale / epoch
-    size is backpropagated, so the token's accumulated gradient is that of the epoch's mean loss
-    (batch 1 with accumulation, as the original, gives the same gradient: tests/test_batching.py).
-    Returns the mean loss and the predicted classes."""
+def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scaler=None, on_images=None):
+    """One epoch's images in micro-batches of `bs`; each micro-batch's summed loss / epoch size
+    (times the fp16 loss scale, if a GradScaler is given) is backpropagated, so the token's
+    accumulated gradient is that of the epoch's mean loss (batch 1 with accumulation, as the
+    original, gives the same gradient: tests/test_batching.py). Returns the mean loss and the
+    predicted classes."""
     loss_sum, preds = torch.zeros((), device=sd.device), []
     for s in range(0, len(prompts), bs):
         loss, pred, images = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], target, cfg)
-        (loss * scale / len(prompts)).backward()
+        mean_part = loss / len(prompts)
+        (scaler.scale(mean_part) if scaler is not None else mean_part).backward()
         loss_sum += loss.detach()
         preds += pred.tolist()
         if on_images is not None:
@@ -80,56 +90,107 @@ def load_token(path, placeholder: str) -> torch.Tensor:
     return value.reshape(-1)
 
 
-def train_class(cfg, sd, clf, target: int, name: str, paths) -> dict:
-    """Optimise S_c for class `target`; write the best token, the log and a summary."""
+def make_scaler(sd, cfg) -> torch.amp.GradScaler:
+    """The original's `Accelerator(mixed_precision="fp16")` + `accelerator.backward`: torch's
+    dynamic GradScaler (initial scale 2^16, halved and the step skipped on overflow, doubled
+    after 2000 clean steps). Off (a pass-through) unless the UNet and VAE run in fp16."""
+    return torch.amp.GradScaler(sd.device.type, init_scale=cfg.loss_scale, enabled=sd.dtype == torch.float16)
+
+
+def update_token(opt, scaler, token: torch.nn.Parameter, max_grad_norm: float, loss: float) -> dict:
+    """Unscale, clip after backward (the original clipped before it: REFERENCE.md section 4),
+    step unless the loss or gradient is not finite; the scaler halves its scale after an
+    overflow. Returns what the epoch's log records about the update."""
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    scaler.unscale_(opt)
+    grad_norm = torch.nn.utils.clip_grad_norm_([token], max_grad_norm).item()
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    if finite:
+        scaler.step(opt)
+    scaler.update()
+    return dict(grad_norm=grad_norm, skipped=not finite, zero_grad=finite and grad_norm == 0.0, loss_scale=scale)
+
+
+def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> dict:
+    """Optimise S_c for class `target` with the original's schedule and stopping rules
+    (REFERENCE.md section 2); write the kept token, the log and a summary.
+
+    `on_epoch(entry, images)`, if given, is called after each epoch with its log entry and its
+    images ([N, 3, H, W] in [0, 1]); returning True stops training (the kept token is as below)."""
     start = time.time()
     set_token(sd, sd.init_embedding)
     opt = torch.optim.AdamW([sd.token], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    scaler = make_scaler(sd, cfg)
     prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)
     bs = micro_batch_size(cfg, sd.device)
-    # fp16 only: scale the loss so the token's small gradient does not underflow in half precision.
-    scale = cfg.loss_scale if sd.dtype == torch.float16 else 1.0
-    best_loss, best_token, best_epoch = math.inf, sd.token.detach().clone(), -1
-    since_best = bad_in_row = skipped = 0
+    best_loss, kept, kept_epoch = math.inf, sd.token.detach().clone(), None
+    noise_seed, since_best, bad_in_row = cfg.seed, 0, 0
     log, stop = [], "num_train_epochs"
     bar = tqdm(range(cfg.num_train_epochs), desc=paths.dir_name, leave=False, dynamic_ncols=True)
     for epoch in bar:
         epoch_prompts = prompts.epoch(cfg.seed, epoch)
-        # The paper reuses the same epoch_size noises every epoch; fresh_noise draws new ones.
-        noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed + (epoch if cfg.fresh_noise else 0))
+        # The paper reuses the same epoch_size noises every epoch (until a collapse re-seeds them);
+        # fresh_noise draws new ones each epoch.
+        noise = initial_noise(sd, n=cfg.epoch_size, seed=noise_seed + (epoch if cfg.fresh_noise else 0))
         opt.zero_grad(set_to_none=True)
+        images = []
         save = partial(save_train_images, paths.img_dir / "train", clf.labels, epoch)
-        epoch_loss, preds = epoch_gradient(sd, clf, epoch_prompts, noise, target, cfg, bs, scale, save)
+        on_images = partial(_keep_and_save, images, save)
+        epoch_loss, preds = epoch_gradient(sd, clf, epoch_prompts, noise, target, cfg, bs, scaler, on_images)
         accuracy = sum(p == target for p in preds) / len(preds)
-        # Clip after backward (the original clipped before it: REFERENCE.md section 4).
-        sd.token.grad.div_(scale)
-        grad_norm = torch.nn.utils.clip_grad_norm_([sd.token], cfg.max_grad_norm).item()
-        finite = math.isfinite(epoch_loss) and math.isfinite(grad_norm)
-        log.append(dict(epoch=epoch, loss=epoch_loss, accuracy=accuracy, predictions=preds, grad_norm=grad_norm))
-        log[-1] |= dict(lr=cfg.lr, skipped=not finite, prompts=epoch_prompts)
+        token_before = sd.token.detach().clone()  # the token that produced this epoch's images
+        update = update_token(opt, scaler, sd.token, cfg.max_grad_norm, epoch_loss)
+        entry = dict(epoch=epoch, loss=epoch_loss, accuracy=accuracy, predictions=preds, **update)
+        log.append(entry | dict(lr=cfg.lr, noise_seed=noise_seed, prompts=epoch_prompts))
         write_text(paths.log, "".join(json.dumps(e) + "\n" for e in log))
         bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{accuracy:.2f}")
-        if not finite:  # fp16 overflow and the like: skip this update, count it
-            skipped, bad_in_row, scale = skipped + 1, bad_in_row + 1, max(1.0, scale / 2)
+        user_stop = on_epoch is not None and on_epoch(log[-1], torch.cat(images))
+        if update["zero_grad"] and sum(e["zero_grad"] for e in log) == 1:
+            warnings.warn(f"{paths.dir_name}: gradient underflow: try --mixed_precision bf16", stacklevel=2)
+        if update["skipped"]:  # fp16 overflow and the like: no update, counted; as a non-improving epoch
+            bad_in_row, since_best = bad_in_row + 1, since_best + 1
             warnings.warn(f"{paths.dir_name} epoch {epoch}: non-finite loss or gradient, update skipped", stacklevel=2)
             if bad_in_row >= cfg.max_nonfinite:
                 stop = f"{bad_in_row} non-finite updates in a row (try --mixed_precision no or bf16, or lower --lr)"
                 break
-            continue
-        bad_in_row = 0
-        if epoch_loss < best_loss:  # the token that produced the lowest epoch loss is kept
-            best_loss, best_token, best_epoch, since_best = epoch_loss, sd.token.detach().clone(), epoch, 0
         else:
-            since_best += 1
-        if accuracy > cfg.accuracy_stop:
-            stop = f"accuracy {accuracy:.2f} > {cfg.accuracy_stop}"
+            bad_in_row = 0
+            # The original's rules, in its order, after the step: a loss above twice the best
+            # re-seeds the noises ("training collapse"); a new best keeps the token AFTER this
+            # step (the original saves its pipeline there); otherwise the patience counter drops.
+            if cfg.reseed_on_collapse and epoch_loss > 2 * best_loss:
+                noise_seed += 1
+            if epoch_loss < best_loss:
+                best_loss, kept, kept_epoch, since_best = epoch_loss, sd.token.detach().clone(), epoch, 0
+            else:
+                since_best += 1
+            if accuracy > cfg.accuracy_stop:  # keep the token that reached the accuracy (README: differences)
+                kept, kept_epoch = token_before, epoch
+                stop = f"accuracy {accuracy:.2f} > {cfg.accuracy_stop}"
+                break
+        if since_best > cfg.early_stopping:  # the original stops when its counter drops below zero
+            stop = f"no loss improvement for {since_best} epochs"
             break
-        if since_best >= cfg.early_stopping:
-            stop = f"no loss improvement for {cfg.early_stopping} epochs"
+        if user_stop:
+            stop = "stopped by the user"
             break
-        opt.step()
     bar.close()
-    set_token(sd, best_token)
-    save_token(paths.token, cfg.placeholder_token, best_token)
-    summary = dict(epochs=len(log), best_epoch=best_epoch, best_loss=best_loss, stop=stop, nonfinite_skipped=skipped)
+    set_token(sd, kept)
+    save_token(paths.token, cfg.placeholder_token, kept)
+    summary = dict(epochs=len(log), best_epoch=kept_epoch, best_loss=best_loss, stop=stop)
+    summary |= dict(kept_token=_kept_description(stop, kept_epoch), noise_seeds=sorted({e["noise_seed"] for e in log}))
+    summary |= dict(nonfinite_skipped=sum(e["skipped"] for e in log), zero_grad_epochs=sum(e["zero_grad"] for e in log))
     return summary | dict(micro_batch_size=bs, seconds=round(time.time() - start, 2))
+
+
+def _keep_and_save(images: list, save, start: int, batch: torch.Tensor, preds: list[int]) -> None:
+    images.append(batch.cpu())
+    save(start, batch, preds)
+
+
+def _kept_description(stop: str, epoch: int | None) -> str:
+    if epoch is None:
+        return "the initializer's embedding (no finite epoch)"
+    if stop.startswith("accuracy"):
+        return f"the token that produced epoch {epoch} (accuracy stop)"
+    return f"the token after epoch {epoch}'s update (lowest epoch loss)"

@@ -28,9 +28,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from digits.data import DIGIT_WORDS, WORDS, id2label, label2id, load_split  # noqa: E402
+from digits.data import CAPTION_TEMPLATES, DIGIT_WORDS, WORDS, id2label, label2id, load_split  # noqa: E402
 from digits.tokenizer import build_tokenizer  # noqa: E402
-from prompt_datasets import TEMPLATES, class_prompt  # noqa: E402
+from prompt_datasets import class_prompt  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -274,7 +274,7 @@ def train_unet(
     text_encoder = make_text_encoder(tokenizer)
     unet = make_unet()
     noise_sched = make_train_scheduler()
-    captions = [class_prompt(t, "a", w) for t in TEMPLATES for w in WORDS] + [""]
+    captions = [class_prompt(t, "a", w) for t in CAPTION_TEMPLATES for w in WORDS] + [""]
     ids = tokenizer(
         captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
@@ -297,7 +297,7 @@ def train_unet(
     for step in bar:
         idx = next(it)
         z0 = lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g)
-        tmpl = torch.randint(len(TEMPLATES), (len(idx),), generator=g)
+        tmpl = torch.randint(len(CAPTION_TEMPLATES), (len(idx),), generator=g)
         cap = tmpl * len(WORDS) + word_index[labels[idx]]
         drop = torch.rand(len(idx), generator=g) < CAPTION_DROPOUT
         cap = torch.where(drop, torch.full_like(cap, empty), cap)
@@ -368,7 +368,7 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
 
     if "pipeline" in stages:
         t0 = time.perf_counter()
-        words = [t.replace("{}", "") for t in TEMPLATES] + WORDS
+        words = [t.replace("{}", "") for t in CAPTION_TEMPLATES] + WORDS
         tokenizer = build_tokenizer(words, model_max_length=TEXT_POSITIONS)
         stage_done("tokenizer", t0)
 

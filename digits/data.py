@@ -10,6 +10,18 @@ import torch.nn.functional as F
 DIGIT_WORDS = ["loop", "stick", "two", "curl", "four", "five", "loop", "stick", "curl", "nine"]
 AMBIGUOUS = {"stick": (1, 7), "loop": (0, 6), "curl": (3, 8)}
 WORDS = list(dict.fromkeys(DIGIT_WORDS))  # the 7 distinct words, in digit order of first use
+# The caption templates the world was trained with (fixed here so that a rebuild gives the same
+# world). The first three are the original's first three, the ones DisCo trains with by default.
+CAPTION_TEMPLATES = [
+    "A photo of {}",
+    "a high resolution realistic image of {}",
+    "A close-up photo of a {}",
+    "a rendering of {}",
+    "a cropped photo of {}",
+    "a good photo of {}",
+    "a bright photo of {}",
+    "a clean photo of {}",
+]
 IMAGE_SIZE = 16
 # Recommended generation settings for the saved pipeline (DDIM, "leading" spacing, see README).
 RECOMMENDED = {"height": 16, "width": 16, "num_inference_steps": 15, "guidance_scale": 5.0}

@@ -17,6 +17,28 @@ def test_defaults_are_the_papers():
     assert (cfg.eval_steps, cfg.eval_guidance_scale, cfg.test_size, cfg.eval_seed) == (50, 7.5, 10, 0)
     assert cfg.betas == (0.9, 0.999) and cfg.weight_decay == 1e-2 and cfg.eps == 1e-8 and cfg.max_grad_norm == 1.0
     assert cfg.sd_model == "CompVis/stable-diffusion-v1-4" and cfg.classifier == "inet"
+    assert cfg.loss_scale == 2.0**16 and cfg.reseed_on_collapse and not cfg.fresh_noise
+
+
+def test_templates_are_the_originals_31_in_order():
+    from prompt_datasets import TEMPLATES, PromptDataset
+
+    original = [  # the original's prompt_dataset.py imagenet_templates_small (REFERENCE.md section 2)
+        "A photo of {}", "a high resolution realistic image of {}", "A close-up photo of a {}", "A rendition of a {}",
+        "a photo of a nice {}", "A painting of a {}", "a good photo of a {}", "the photo of a {}",
+        "a bright photo of the {}", "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}",
+        "a photo of my {}", "a photo of the cool {}", "a bright photo of the {}", "a cropped photo of a {}",
+        "a photo of the {}", "a good photo of the {}", "a photo of one {}", "a close-up photo of the {}",
+        "a rendition of the {}", "a photo of the clean {}", "a rendition of a {}", "a photo of a nice {}",
+        "a good photo of a {}", "a photo of the nice {}", "a photo of the small {}", "a photo of the weird {}",
+        "a photo of the large {}", "a photo of a cool {}", "a photo of a small {}",
+    ]  # fmt: skip
+    assert TEMPLATES == original
+    prompts = PromptDataset("newclas", "tiger cat", 31, 31).epoch(35, 0)
+    assert sorted(prompts) == sorted(t.format("newclas") + " tiger cat" for t in original)
+    assert parse_args(["--number_of_prompts", "31"]).number_of_prompts == 31
+    with pytest.raises(UsageError, match="number_of_prompts"):
+        parse_args(["--number_of_prompts", "32"])
 
 
 @pytest.mark.parametrize(

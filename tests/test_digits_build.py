@@ -15,9 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from digits import build  # noqa: E402
-from digits.data import DIGIT_WORDS, load_split  # noqa: E402
+from digits.data import CAPTION_TEMPLATES, DIGIT_WORDS, load_split  # noqa: E402
 from digits.tokenizer import build_tokenizer  # noqa: E402
-from prompt_datasets import TEMPLATES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +77,7 @@ def test_script_entry_points():
 
 
 def test_tokenizer_fast_and_complete(tmp_path):
-    words = [t.replace("{}", "") for t in TEMPLATES] + sorted(set(DIGIT_WORDS))
+    words = [t.replace("{}", "") for t in CAPTION_TEMPLATES] + sorted(set(DIGIT_WORDS))
     t0 = time.perf_counter()
     tok = build_tokenizer(words, out_dir=str(tmp_path / "tok"))
     assert time.perf_counter() - t0 < 1.0

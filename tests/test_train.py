@@ -1,11 +1,12 @@
-"""The training step: only S_c's row changes, gradient skipping builds no graph early."""
+"""The training step: only S_c's row changes; the original's gradient path (issue #9.1), the
+straight-through clamp (#9.3), gradient checkpointing that really runs (#9.4)."""
 
 import pytest
 import torch
 
 from config import parse_args
-from diffusion import encode, initial_noise, load_sd
-from train import train_step
+from diffusion import configure, encode, generate, initial_noise, load_sd
+from train import straight_through_clamp, train_step
 
 
 @pytest.fixture()
@@ -44,18 +45,98 @@ def test_only_the_token_changes(setup):
     assert not torch.allclose(e1, e2) and torch.equal(e3, e4)
 
 
-@pytest.mark.parametrize("grad_steps", [1, 2])
-def test_graph_only_through_the_last_steps(setup, grad_steps):
-    cfg, sd, clf = setup
-    cfg.grad_steps = grad_steps
-    grad_calls = []
-    hook = sd.unet.register_forward_hook(lambda *_: grad_calls.append(torch.is_grad_enabled()))
+def grad_enabled_unet_calls(sd, clf, cfg) -> list[bool]:
+    calls = []
+    hook = sd.unet.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
     loss, _, _ = train_step(sd, clf, ["A photo of newclas crane"], initial_noise(sd, n=1, seed=0), 2, cfg)
     hook.remove()
-    # PNDM (SD 1.4's sampler) runs its first timestep twice: 4 steps are 5 UNet calls.
-    assert len(grad_calls) == len(sd.scheduler.timesteps) >= 4
-    assert grad_calls == [False] * (len(grad_calls) - grad_steps) + [True] * grad_steps
     assert loss.requires_grad
+    return calls
+
+
+def test_gradient_path_is_the_originals_under_pndm(setup):
+    """The original's rule over scheduler.timesteps: calls with i < steps - 1 run without grad.
+    PNDM (SD 1.4) lists 5 timesteps for 4 steps, so TWO calls carry the gradient (issue #9.1)."""
+    cfg, sd, clf = setup
+    assert type(sd.scheduler).__name__ == "PNDMScheduler" and cfg.grad_steps == 1
+    assert grad_enabled_unet_calls(sd, clf, cfg) == [False, False, False, True, True]
+
+
+def test_gradient_path_under_ddim_is_one_call(setup):
+    from diffusers import DDIMScheduler
+
+    cfg, sd, clf = setup
+    sd.pipe.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    assert grad_enabled_unet_calls(sd, clf, cfg) == [False, False, False, True]
+    cfg.grad_steps = 2
+    assert grad_enabled_unet_calls(sd, clf, cfg) == [False, False, True, True]
+
+
+def test_grad_steps_n_opens_every_call(setup):
+    cfg, sd, clf = setup
+    cfg.grad_steps = cfg.num_of_SD_inference_steps
+    assert grad_enabled_unet_calls(sd, clf, cfg) == [True] * 5
+
+
+def test_generation_builds_no_graph(setup):
+    _, sd, _ = setup
+    calls = []
+    hook = sd.unet.register_forward_hook(lambda *_: calls.append(torch.is_grad_enabled()))
+    generate(sd, "A photo of newclas crane", [0], 4, 7.5, 1)
+    hook.remove()
+    assert calls == [False] * 5
+
+
+def test_straight_through_clamp_forward_clamps_backward_is_identity():
+    x = torch.tensor([-0.5, 0.2, 1.7], requires_grad=True)
+    y = straight_through_clamp(x)
+    assert torch.equal(y, x.detach().clamp(0, 1))
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    assert torch.equal(x.grad, torch.tensor([1.0, 2.0, 3.0]))  # saturated pixels keep their gradient
+
+
+def test_classifier_sees_the_clamped_image_in_training(setup, monkeypatch):
+    cfg, sd, clf = setup
+    seen = []
+    monkeypatch.setattr(type(clf), "forward", lambda self, x: seen.append(x) or x.flatten(1)[:, :5] * 1.0)
+    monkeypatch.setattr("train.decode", lambda sd, latents: torch.full((1, 3, 16, 16), 1.5) + 0 * latents.sum())
+    train_step(sd, clf, ["A photo of newclas crane"], initial_noise(sd, n=1, seed=0), 2, cfg)
+    assert torch.equal(seen[0], torch.ones(1, 3, 16, 16))
+
+
+def test_gradient_checkpointing_really_runs(setup, monkeypatch):
+    """Older diffusers checkpoint only in train mode: a gradient step runs UNet and VAE in train
+    mode when checkpointing is on and goes through torch.utils.checkpoint (#9.4)."""
+    import torch.utils.checkpoint as ckpt
+
+    cfg, sd, clf = setup
+    configure(sd, gradient_checkpointing=True)
+    calls, modes = [], []
+    real = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    hook = sd.vae.decoder.register_forward_pre_hook(lambda m, _: modes.append((sd.unet.training, m.training)))
+    loss, _, _ = train_step(sd, clf, ["A photo of newclas crane"], initial_noise(sd, n=1, seed=0), 2, cfg)
+    loss.backward()
+    hook.remove()
+    assert len(calls) >= 1 and sd.token.grad.abs().sum() > 0
+    assert modes == [(True, True)] and not sd.unet.training and not sd.vae.training  # eval again afterwards
+
+
+def test_train_mode_changes_only_rounding(setup):
+    """SD's UNet and VAE have no batch norm and no active dropout: the checkpointed (train mode)
+    gradient step gives the same loss and gradient as the plain one, up to rounding."""
+    cfg, sd, clf = setup
+    for m in (sd.unet, sd.vae):
+        assert not any(isinstance(d, torch.nn.modules.batchnorm._BatchNorm) for d in m.modules())
+    results = []
+    for checkpointing in (False, True):
+        configure(sd, gradient_checkpointing=checkpointing)
+        sd.token.grad = None
+        loss, _, _ = train_step(sd, clf, ["A photo of newclas crane"], initial_noise(sd, n=1, seed=0), 2, cfg)
+        loss.backward()
+        results.append((loss.detach(), sd.token.grad.clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
 
 
 def test_prompts_pad_to_max_length(setup):
