@@ -1,0 +1,90 @@
+"""Choose the digits preset on VALIDATION seeds only (issue 10): every candidate setting is run
+through run.py for the six ambiguous classes and judged by the independent classifier_b on the
+validation seeds; the table says which settings pay. Test seeds are never touched here.
+
+python digits/tune.py                          # every candidate, the six ambiguous classes
+python digits/tune.py --only fresh lr03 --classes 9 8
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import run  # noqa: E402
+
+VALIDATION_SEED = 1000  # config.py: validation seeds, the only ones used to choose settings
+AMBIGUOUS_CLASSES = [1, 2, 4, 7, 8, 9]  # 1-based: loop->0, stick->1, curl->3, loop->6, stick->7, curl->8
+# Candidates: flags on top of --preset digits. Each name is an exp_id under the output folder.
+CANDIDATES = {
+    "preset": [],
+    "fresh": ["--fresh_noise", "True"],
+    "fresh_lr03": ["--fresh_noise", "True", "--lr", "0.03"],
+    "fresh_e32": ["--fresh_noise", "True", "--epoch_size", "32", "--num_train_epochs", "25"],
+    "fresh_lr03_ep80": ["--fresh_noise", "True", "--lr", "0.03", "--num_train_epochs", "80"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=list(CANDIDATES), help="candidate names")
+    ap.add_argument("--classes", nargs="*", type=int, default=AMBIGUOUS_CLASSES, help="1-based classes")
+    ap.add_argument("--output_path", default=str(ROOT / "out" / "tune"))
+    args = ap.parse_args()
+    results_file = Path(args.output_path) / "tune.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    for name in args.only:
+        for c in args.classes:
+            key = f"{name}/{c}"
+            if key in results:
+                continue
+            t0 = time.time()
+            argv = ["--preset", "digits", "--class_index", str(c), "--exp_id", name, "--output_path", args.output_path]
+            argv += ["--eval_seed", str(VALIDATION_SEED), *CANDIDATES[name]]
+            assert run.main(argv) == 0
+            token_dir = next(Path(args.output_path).glob(f"pipeline_token/{c}_*/{name}"))
+            m = json.loads((token_dir / "metrics.json").read_text())
+            t = json.loads((token_dir / "train_summary.json").read_text())
+            judge = m["eval_classifier"]
+            results[key] = dict(
+                baseline=judge["baseline_accuracy"],
+                token=judge["token_accuracy"],
+                epochs=t["epochs"],
+                stop=t["stop"],
+                seconds=round(time.time() - t0, 1),
+            )
+            results_file.parent.mkdir(parents=True, exist_ok=True)
+            results_file.write_text(json.dumps(results, indent=1))
+    print(table(results))
+
+
+def table(results: dict) -> str:
+    names = list(dict.fromkeys(k.split("/")[0] for k in results))
+    classes = sorted({int(k.split("/")[1]) for k in results})
+    lines = [
+        "| candidate | " + " | ".join(f"class {c}" for c in classes) + " | min gain |",
+        "|---" * (len(classes) + 2) + "|",
+    ]
+    for n in names:
+        cells, gains = [], []
+        for c in classes:
+            r = results.get(f"{n}/{c}")
+            if r:
+                gains.append(r["token"] - r["baseline"])
+                cells.append(f"{r['baseline']:.0%} -> {r['token']:.0%} ({r['epochs']} ep)")
+            else:
+                cells.append("")
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {min(gains):+.0%} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    main()
