@@ -190,6 +190,34 @@ def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
     return dict(res, batch_size=cfg.eval_batch_size, steps=cfg.eval_steps, dtype=str(sd.dtype))
 
 
+def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
+    """Issue 9.2's numerics check: the token's gradient for one image (same noise and prompt) with
+    UNet, VAE and classifier in `half` (fp16: through train.make_scaler's GradScaler, as training)
+    against fp32. Passes at cosine >= 0.95 and a norm ratio in 0.8-1.25."""
+    prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, 1).epoch(cfg.seed, 0)
+    sd.dtype = torch.float32
+    noise = initial_noise(sd, n=1, seed=cfg.seed)  # drawn once in fp32, cast below
+    grads = []
+    for dtype in (torch.float32, half):
+        for m in (sd.unet, sd.vae, clf):
+            m.to(dtype=dtype)
+        sd.dtype = dtype
+        scaler = make_scaler(sd, cfg)
+        for _ in range(32):  # as the dynamic scaler over the first epochs: halve after an overflow
+            sd.token.grad = None
+            epoch_gradient(sd, clf, prompts, noise.to(dtype), TARGET, cfg, 1, scaler)
+            if not scaler.is_enabled() or torch.isfinite(sd.token.grad).all():
+                break
+            scaler.update(scaler.get_scale() / 2)
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+        grads.append(sd.token.grad.double() / scale)
+    full, low = grads
+    cosine = torch.nn.functional.cosine_similarity(full, low, dim=0).item()
+    ratio = (low.norm() / full.norm()).item()
+    ok = cosine >= 0.95 and 0.8 <= ratio <= 1.25
+    return dict(dtype=str(half), cosine=cosine, norm_ratio=ratio, fp32_norm=full.norm().item(), loss_scale=scale, ok=ok)
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"# Benchmarks ({result['shape']} shapes, random weights)\n",
@@ -205,6 +233,15 @@ def markdown(result: dict) -> str:
             peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
             row = [what, case, batch, r["dtype"].removeprefix("torch."), f"{r['s_per_image']:.4g}", peak]
             lines.append("| " + " | ".join(map(str, row)) + f" | {base / r['s_per_image']:.2f}x |")
+    g = result.get("gradient_precision")
+    if g:
+        verdict = "pass" if g["ok"] else "FAIL"
+        lines.append(
+            f"\nToken gradient, {g['dtype'].removeprefix('torch.')} vs fp32 (one image, same noise and prompt): "
+            f"cosine {g['cosine']:.4f}, norm ratio {g['norm_ratio']:.3f} (fp32 norm {g['fp32_norm']:.3g}, loss scale "
+            f"{g['loss_scale']:g} after the scaler's halvings): {verdict} "
+            "(needs cosine >= 0.95, ratio 0.8-1.25)."
+        )
     if result["device"] == "cpu":
         lines.append("\nOn a CPU the project runs fp32 (run.device_and_dtype): the fp16 / bf16 settings do not apply.")
     return "\n".join(lines) + "\n"
@@ -253,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
             result[what][case] = r
             print(f"{what:8} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
             (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")  # after every case
+        if not args.compile:  # compiled UNets stay compiled; the check runs the plain models
+            configure_bench(sd, clf, make_cfg(shape, folder, device))
+            result["gradient_precision"] = g = gradient_precision(
+                sd, clf, make_cfg(shape, folder, device), torch.float16
+            )
+            print(f"gradient fp16 vs fp32: cosine {g['cosine']:.4f}, norm ratio {g['norm_ratio']:.3f}", flush=True)
+            (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "benchmarks.md").write_text(markdown(result))
     print(f"wrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
     return 0

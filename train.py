@@ -147,7 +147,10 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
         user_stop = on_epoch is not None and on_epoch(log[-1], torch.cat(images))
         if update["zero_grad"] and sum(e["zero_grad"] for e in log) == 1:
             warnings.warn(f"{paths.dir_name}: gradient underflow: try --mixed_precision bf16", stacklevel=2)
-        if update["skipped"]:  # fp16 overflow and the like: no update, counted; as a non-improving epoch
+        if not math.isfinite(epoch_loss) or (update["skipped"] and not scaler.is_enabled()):
+            # No scaler can recover this: no update, counted, a non-improving epoch. (An fp16
+            # gradient overflow with a finite loss is the scaler's business, as in the original:
+            # the step is skipped, the scale halved, and the epoch counts as any other.)
             bad_in_row, since_best = bad_in_row + 1, since_best + 1
             warnings.warn(f"{paths.dir_name} epoch {epoch}: non-finite loss or gradient, update skipped", stacklevel=2)
             if bad_in_row >= cfg.max_nonfinite:

@@ -17,7 +17,10 @@ def test_tiny_bench_writes_json_and_table(tmp_path):
     # The original schedule: batch 1 (accumulated over the epoch of 5); the project: the whole epoch at once.
     assert result["train"]["original"]["micro_batch_size"] == 1 and result["train"]["disco"]["micro_batch_size"] == 5
     assert result["generate"]["original"]["batch_size"] == 1 and result["generate"]["disco"]["batch_size"] == 10
+    g = result["gradient_precision"]  # fp16 on the CPU too: the scaler path runs
+    assert g["dtype"] == "torch.float16" and -1 <= g["cosine"] <= 1 and g["fp32_norm"] > 0 and g["norm_ratio"] > 0
     table = (tmp_path / "benchmarks.md").read_text()
+    assert "Token gradient, float16 vs fp32" in table
     assert "| train | original | 1 |" in table and "| generate | disco | 10 |" in table
 
 
