@@ -11,6 +11,7 @@ import inspect
 import os
 import re
 import sys
+import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -165,9 +166,11 @@ def _validate(cfg: RunConfig) -> None:
         need(_model_ref_ok(getattr(cfg, flag), flag), flag, "no such folder (nor a hub id like org/name)")
     if not cfg.class_name:
         parse_class_spec(cfg.class_index)  # raises UsageError naming the flag
-    out = Path(cfg.output_path)
-    probe = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), Path("/"))
-    need(probe.is_dir() and os.access(probe, os.W_OK), "output_path", "is not a writable folder")
+    try:  # create it and write into it for real: as root, os.access says yes even to /proc
+        Path(cfg.output_path).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=cfg.output_path).close()
+    except OSError as e:
+        need(False, "output_path", f"cannot create or write to this folder ({e.strerror or type(e).__name__})")
 
 
 def _model_ref_ok(ref: str, flag: str) -> bool:

@@ -13,11 +13,18 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm.auto import tqdm
+# Progress bars from the main process only. tqdm reads TQDM_DISABLE once, when it is first imported
+# (tqdm >= 4.66), so it is set here, before anything imports tqdm, from the rank that the launchers
+# (accelerate launch, torchrun, mpirun) give each process; PartialState's main process is rank 0.
+_RANK = next((os.environ[k] for k in ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK") if k in os.environ), "0")
+if _RANK.strip() != "0":
+    os.environ["TQDM_DISABLE"] = "1"
 
-from config import RunConfig, parse_args
-from utils import UsageError, class_dir_name, remove_stale_tmp, write_json, write_text
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from config import RunConfig, parse_args  # noqa: E402
+from utils import UsageError, class_dir_name, remove_stale_tmp, write_json, write_text  # noqa: E402
 
 
 @dataclass
@@ -83,7 +90,7 @@ def device_and_dtype(cfg: RunConfig, state) -> tuple[torch.device, torch.dtype]:
 def run(cfg: RunConfig) -> int:
     from accelerate import PartialState
 
-    from classifiers import load_classifier
+    from classifiers import check_same_classes, load_classifier
     from diffusion import configure, load_sd
     from evaluate import evaluate_class, generate_dataset
     from train import train_class
@@ -92,11 +99,13 @@ def run(cfg: RunConfig) -> int:
     # cpu=True also when no GPU exists, so that launched processes form a CPU (gloo) group.
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     device, dtype = device_and_dtype(cfg, state)
-    if not state.is_main_process:
-        os.environ["TQDM_DISABLE"] = "1"  # one set of progress bars, the main process's
     classifiers = {"classifier": load_classifier(cfg.classifier, cfg.classifier_pooling)}
     if cfg.eval_classifier:
-        classifiers["eval_classifier"] = load_classifier(cfg.eval_classifier, "auto")
+        classifiers["eval_classifier"] = load_classifier(cfg.eval_classifier, "auto", flag="eval_classifier")
+        check_same_classes(classifiers["classifier"], classifiers["eval_classifier"])
+    notes = [n for clf in classifiers.values() for n in clf.notes] if state.is_main_process else []
+    for note in notes:
+        print(f"run.py: note: {note}", file=sys.stderr)
     labels = classifiers["classifier"].labels
     classes = resolve_classes(cfg, labels)
     if not cfg.train:
@@ -110,7 +119,8 @@ def run(cfg: RunConfig) -> int:
     configure(sd, cfg.gradient_checkpointing, cfg.compile)
 
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
-    for c in tqdm(mine, desc="classes", unit="class", disable=len(mine) < 2, position=0, dynamic_ncols=True):
+    hide = len(mine) < 2 or not state.is_main_process  # an explicit disable= overrides TQDM_DISABLE
+    for c in tqdm(mine, desc="classes", unit="class", disable=hide, position=0, dynamic_ncols=True):
         paths = ClassPaths.of(cfg, c, labels[c])
         remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
         done = paths.token.exists() and (paths.metrics.exists() or not cfg.evaluate)
