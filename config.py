@@ -23,6 +23,19 @@ SD_1_4 = "CompVis/stable-diffusion-v1-4"
 SD_2_1 = "stabilityai/stable-diffusion-2-1-base"
 CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 
+# Three disjoint seed ranges (docs/digits.md "Seeds"), so that a reported number comes from seeds that
+# neither training nor the choice of settings saw:
+# - training noises: one generator seeded with `seed` (default 35) draws an epoch's noises; after a loss
+#   jump the original re-seeds with seed + 1 (REFERENCE.md section 2), so training stays within
+#   seed .. seed + ~100, below VALIDATION_SEED;
+# - validation: eval_seed = VALIDATION_SEED, .. + test_size - 1: the only seeds used to choose settings (the
+#   digits preset's values were chosen on 1000..1099);
+# - test: eval_seed = TEST_SEED, ..: only for reporting; the digits preset evaluates here.
+# (`--generate` images use evaluate.GENERATE_SEED_OFFSET = 1,000,000 and up.) The SD 1.4 default keeps the
+# original's seeds 0..9 (REFERENCE.md section 2), the paper's protocol.
+VALIDATION_SEED = 1000
+TEST_SEED = 10000
+
 
 @dataclass
 class RunConfig:
@@ -121,7 +134,7 @@ PRESETS = {
         early_stopping=50,
         accuracy_stop=0.95,
         test_size=100,
-        eval_seed=1000,  # evaluation seeds 1000..1099, never training noises
+        eval_seed=TEST_SEED,  # report on test seeds; choose settings with --eval_seed 1000 (VALIDATION_SEED)
         eval_batch_size=100,
         mixed_precision="no",
     )

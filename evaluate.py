@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from diffusion import generate, set_token
 from prompt_datasets import EVAL_TEMPLATE, class_prompt
+from stats import paired_gain, wilson
 from train import load_token
 from utils import comparison_grid, save_image, write_json
 
@@ -34,6 +35,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
     }
     metrics = dict(class_index=target + 1, class_name=name, exp_id=cfg.exp_id, seeds=seeds, prompts=prompts)
     metrics["settings"] = dict(sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
+    metrics["intervals"] = "95%: Wilson score (accuracies); Newcombe's paired square-and-add (gain), stats.py"
     rows, main = [], next(iter(classifiers))
     for kind in ("baseline", "token"):
         images = generate(sd, prompts[kind], seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
@@ -47,10 +49,21 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         for seed, im, p in zip(seeds, images, preds):
             save_image(paths.img_dir / "eval" / kind / f"seed{seed:05d}_{p}_{labels[p]}.png", im)
         rows.append((f"{kind}: {prompts[kind]}", list(images), [f"{p} {labels[p]}" for p in preds]))
+    for role in classifiers:
+        metrics[role].update(intervals(metrics[role], target))
     save_image(paths.img_dir / "grid.png", comparison_grid(rows))
     metrics["seconds"] = round(time.time() - start, 2)
     write_json(paths.metrics, metrics)
     return metrics
+
+
+def intervals(res: dict, target: int) -> dict:
+    """95% intervals from one classifier's per-seed predictions (stats.py): Wilson for each accuracy,
+    Newcombe's paired interval for the gain (both prompts were judged on the same seeds)."""
+    hits = {kind: [p == target for p in res[f"{kind}_predictions"]] for kind in ("baseline", "token")}
+    out = {f"{kind}_ci": list(wilson(sum(h), len(h))) for kind, h in hits.items()}
+    gain, low, high = paired_gain(hits["token"], hits["baseline"])
+    return out | dict(gain=gain, gain_ci=[low, high])
 
 
 def generate_dataset(cfg, sd, name: str, paths, out_dir: Path) -> int:
