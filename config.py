@@ -85,6 +85,8 @@ class RunConfig:
     eval_steps: int = 50  # the original evaluated with the pipeline's defaults: 50 steps,
     eval_guidance_scale: float = 7.5  # guidance 7.5
     eval_batch_size: int = 10  # images per forward pass when generating (results do not depend on it)
+    fid_reference: str = ""  # folder of real images of the class (or of <class dir>/ subfolders): Frechet distance
+    generate_baseline: bool = False  # with --generate N: also N images of "A photo of a <class>" in generated_baseline/
     save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
     # --- hardware ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under accelerate: each process's own GPU)
@@ -168,6 +170,9 @@ def _validate(cfg: RunConfig) -> None:
     need(bool(cfg.placeholder_token.strip()), "placeholder_token", "must not be empty")
     need(bool(cfg.exp_id) and "/" not in cfg.exp_id, "exp_id", "must be a non-empty name without '/'")
     need(cfg.train or cfg.evaluate or cfg.generate > 0, "train", "nothing to do: train, evaluate and generate are off")
+    need(not cfg.generate_baseline or cfg.generate > 0, "generate_baseline", "needs --generate N")
+    need(not cfg.fid_reference or Path(cfg.fid_reference).is_dir(), "fid_reference", "no such folder")
+    need(not cfg.fid_reference or cfg.test_size >= 2, "fid_reference", "needs --test_size >= 2 (a covariance)")
     if cfg.batch_size and cfg.gradient_accumulation_steps:
         ok = -(-cfg.epoch_size // cfg.batch_size) == cfg.gradient_accumulation_steps
         need(ok, "gradient_accumulation_steps", f"must be epoch_size / batch_size = {cfg.epoch_size}/{cfg.batch_size}")

@@ -87,7 +87,7 @@ def run(cfg: RunConfig) -> int:
 
     from classifiers import load_classifier
     from diffusion import configure, load_sd
-    from evaluate import evaluate_class, generate_dataset
+    from evaluate import check_fid_references, evaluate_class, generate_dataset
     from train import train_class
 
     quiet_libraries()
@@ -106,6 +106,7 @@ def run(cfg: RunConfig) -> int:
             paths = ClassPaths.of(cfg, c, labels[c])
             if not paths.token.exists():
                 raise UsageError(f"--train False: class {c + 1} ({labels[c]}) has no trained token at {paths.token}")
+    check_fid_references(cfg, classes, labels)
     for clf in classifiers.values():
         clf.to(device, dtype)
     sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
@@ -127,6 +128,9 @@ def run(cfg: RunConfig) -> int:
             tqdm.write(report_line(m))
         if cfg.generate:
             generate_dataset(cfg, sd, labels[c], paths, Path(cfg.output_path) / "generated" / paths.dir_name)
+            if cfg.generate_baseline:  # the same seeds with "A photo of a <class>" (digits/augment.py compares)
+                out = Path(cfg.output_path) / "generated_baseline" / paths.dir_name
+                generate_dataset(cfg, sd, labels[c], paths, out, token=False)
         if cfg.save_as_full_pipeline:
             save_full_pipeline(sd, paths.token_dir / "pipeline")
     state.wait_for_everyone()
@@ -175,6 +179,8 @@ def report_line(m: dict) -> str:
     for role in ("classifier", "eval_classifier"):
         if role in m:
             line += f"[{role}] {judged(m[role])}  "
+    if "fid" in m:  # Frechet distance to real images on the judge's features (lower: closer to real)
+        line += f"[FD on {m['fid']['judge']}] baseline {m['fid']['baseline']:.3g} -> token {m['fid']['token']:.3g}"
     return line.rstrip()
 
 
@@ -193,7 +199,8 @@ ROLES = {"classifier": "", "eval_classifier": "eval_"}  # results.csv column pre
 STATS = ["baseline_accuracy", "baseline_low", "baseline_high", "token_accuracy", "token_low", "token_high"]
 STATS += ["gain", "gain_low", "gain_high"]
 SUMMARY_FIELDS = ["class_index", "class_name", "exp_id", "seeds"]
-SUMMARY_FIELDS += [prefix + k for prefix in ROLES.values() for k in STATS] + ["epochs", "train_seconds", "token_path"]
+SUMMARY_FIELDS += [prefix + k for prefix in ROLES.values() for k in STATS] + ["fd_baseline", "fd_token"]
+SUMMARY_FIELDS += ["epochs", "train_seconds", "token_path"]
 MEAN_GAIN_METHODS = dict(
     over_classes="Student t interval over the classes' gains (classes as a sample of classes)",
     pooled_seeds="Newcombe's paired interval over all (class, seed) pairs (these classes fixed; seed noise only)",
@@ -236,6 +243,8 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
             seeds=len(m.get("seeds", [])) or "",
             **csv_stats(m, "classifier", c),
             **csv_stats(m, "eval_classifier", c),
+            fd_baseline=round(m["fid"]["baseline"], 4) if "fid" in m else "",
+            fd_token=round(m["fid"]["token"], 4) if "fid" in m else "",
             epochs=t.get("epochs", ""),
             train_seconds=t.get("seconds", ""),
             token_path=str(p.token),

@@ -54,3 +54,31 @@ def mean_interval(values) -> tuple[float, float | None, float | None]:
         return mean, mean, mean
     ci = stats.ttest_1samp(v, 0.0).confidence_interval(confidence_level=CONFIDENCE)
     return mean, float(ci.low), float(ci.high)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets [n, d] (n >= 2 each)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"a Frechet distance needs at least 2 samples per set, got {len(a)} and {len(b)}")
+    cov = [np.atleast_2d(np.cov(x, rowvar=False)) for x in (a, b)]
+    return frechet_gaussians(a.mean(0), cov[0], b.mean(0), cov[1])
+
+
+def frechet_gaussians(mu1, sigma1, mu2, sigma2) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)), the matrix root by scipy.linalg.sqrtm."""
+    import warnings
+
+    from scipy.linalg import LinAlgWarning, sqrtm
+
+    s1, s2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    with warnings.catch_warnings():  # fewer samples than dimensions: singular S1 S2, handled below
+        warnings.simplefilter("ignore", LinAlgWarning)
+        root = sqrtm(s1 @ s2)
+        if not np.all(np.isfinite(root)):  # a singular product can defeat sqrtm: nudge both off singularity
+            offset = np.eye(len(s1)) * 1e-6 * max(np.trace(s1), np.trace(s2), 1e-12) / len(s1)
+            root = sqrtm((s1 + offset) @ (s2 + offset))
+    # The exact root of S1 S2 (a product of PSD matrices) has real eigenvalues: imaginary parts are rounding.
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    value = diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(np.real(root))
+    return max(float(value), 0.0)  # rounding can dip just below 0 for identical sets
