@@ -3,13 +3,16 @@
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from diffusion import generate, set_token
 from prompt_datasets import EVAL_TEMPLATE, class_prompt
+from stats import frechet_distance, paired_gain, wilson
 from train import load_token
-from utils import comparison_grid, save_image, write_json
+from utils import UsageError, comparison_grid, save_image, write_json
 
 GENERATE_SEED_OFFSET = 1_000_000  # --generate seeds never overlap evaluation seeds
 
@@ -34,9 +37,11 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
     }
     metrics = dict(class_index=target + 1, class_name=name, exp_id=cfg.exp_id, seeds=seeds, prompts=prompts)
     metrics["settings"] = dict(sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
-    rows, main = [], next(iter(classifiers))
+    metrics["intervals"] = "95%: Wilson score (accuracies); Newcombe's paired square-and-add (gain), stats.py"
+    rows, main, generated = [], next(iter(classifiers)), {}
     for kind in ("baseline", "token"):
         images = generate(sd, prompts[kind], seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
+        generated[kind] = images
         for role, clf in classifiers.items():
             preds = classify(clf, images, cfg.eval_batch_size, sd.device)
             res = metrics.setdefault(role, dict(name=clf.name))
@@ -47,17 +52,102 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         for seed, im, p in zip(seeds, images, preds):
             save_image(paths.img_dir / "eval" / kind / f"seed{seed:05d}_{p}_{labels[p]}.png", im)
         rows.append((f"{kind}: {prompts[kind]}", list(images), [f"{p} {labels[p]}" for p in preds]))
+    for role in classifiers:
+        metrics[role].update(intervals(metrics[role], target))
+    if cfg.fid_reference:
+        folder = fid_reference_dir(cfg, paths.dir_name)
+        metrics["fid"] = frechet_to_reference(cfg, classifiers, generated, folder, sd.device)
     save_image(paths.img_dir / "grid.png", comparison_grid(rows))
     metrics["seconds"] = round(time.time() - start, 2)
     write_json(paths.metrics, metrics)
     return metrics
 
 
-def generate_dataset(cfg, sd, name: str, paths, out_dir: Path) -> int:
-    """`cfg.generate` images with the token into an ImageFolder class folder; files already
-    there are kept, so an interrupted run resumes."""
-    set_token(sd, load_token(paths.token, cfg.placeholder_token))
-    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name)
+def intervals(res: dict, target: int) -> dict:
+    """95% intervals from one classifier's per-seed predictions (stats.py): Wilson for each accuracy,
+    Newcombe's paired interval for the gain (both prompts were judged on the same seeds)."""
+    hits = {kind: [p == target for p in res[f"{kind}_predictions"]] for kind in ("baseline", "token")}
+    out = {f"{kind}_ci": list(wilson(sum(h), len(h))) for kind, h in hits.items()}
+    gain, low, high = paired_gain(hits["token"], hits["baseline"])
+    return out | dict(gain=gain, gain_ci=[low, high])
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def fid_reference_dir(cfg, dir_name: str) -> Path:
+    """--fid_reference DIR: DIR/<class dir> (e.g. DIR/283_tiger_cat) if it exists, else DIR itself for a
+    one-class run (a multi-class run needs one folder per class)."""
+    root = Path(cfg.fid_reference)
+    if (root / dir_name).is_dir():
+        return root / dir_name
+    if len(cfg.classes) <= 1 and any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.iterdir()):
+        return root
+    raise UsageError(f"--fid_reference {cfg.fid_reference!r}: no folder {dir_name}/ of real images in it")
+
+
+def check_fid_references(cfg, classes: list[int], labels: list[str]) -> None:
+    """Before any training: every class has a reference folder with at least 2 images."""
+    from utils import class_dir_name
+
+    for c in classes if cfg.fid_reference else []:
+        folder = fid_reference_dir(cfg, class_dir_name(c, labels[c]))
+        if sum(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.iterdir()) < 2:
+            raise UsageError(f"--fid_reference: {folder} needs at least 2 images (a covariance)")
+
+
+def load_images(folder: Path, size: tuple[int, int]) -> torch.Tensor:
+    """Every image in `folder` as [N, 3, H, W] in [0, 1], resized (bicubic) to the generated images' size,
+    so that real and generated images go through the classifier's preprocessing alike."""
+    out = []
+    for p in sorted(q for q in folder.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES):
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BICUBIC)
+            out.append(torch.from_numpy(np.asarray(im, np.float32) / 255.0).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def head_of(clf) -> torch.nn.Module:
+    """The classifier's final linear layer: transformers' `classifier` (ViT, ConvNeXt), timm's get_classifier()."""
+    model = clf.model
+    head = model.get_classifier() if hasattr(model, "get_classifier") else getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Module):
+        raise UsageError(f"--fid_reference: classifier {clf.name} has no final layer to read features from")
+    return head
+
+
+@torch.no_grad()
+def head_features(clf, images: torch.Tensor, batch_size: int, device) -> np.ndarray:
+    """Penultimate features [N, D]: the input of the final linear layer, captured by a forward pre-hook."""
+    feats = []
+    hook = head_of(clf).register_forward_pre_hook(lambda _m, args: feats.append(args[0].flatten(1).float().cpu()))
+    try:
+        classify(clf, images, batch_size, device)
+    finally:
+        hook.remove()
+    return torch.cat(feats).numpy()
+
+
+def frechet_to_reference(cfg, classifiers: dict, generated: dict, folder: Path, device) -> dict:
+    """Frechet distance between each prompt's images and real images of the class, on the judge's penultimate
+    features (eval_classifier if set). Not the Inception FID of the literature (docs/digits.md)."""
+    role = "eval_classifier" if "eval_classifier" in classifiers else "classifier"
+    clf = classifiers[role]
+    real = head_features(clf, load_images(folder, (cfg.height, cfg.width)), cfg.eval_batch_size, device)
+    out = dict(judge=role, classifier=clf.name, reference=str(folder), n_reference=len(real))
+    for kind, images in generated.items():
+        out[kind] = frechet_distance(head_features(clf, images, cfg.eval_batch_size, device), real)
+    return out | dict(n_generated=len(next(iter(generated.values()))))
+
+
+def generate_dataset(cfg, sd, name: str, paths, out_dir: Path, token: bool = True) -> int:
+    """`cfg.generate` images with the token (or, token=False, the baseline prompt "A photo of a <class>") into
+    an ImageFolder class folder; files already there are kept, so an interrupted run resumes."""
+    if token:
+        set_token(sd, load_token(paths.token, cfg.placeholder_token))
+    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token if token else "a", name)
     todo = [s for s in range(cfg.generate) if not (out_dir / f"{s:05d}.png").exists()]
     for i in tqdm(range(0, len(todo), cfg.eval_batch_size), desc=f"generate {paths.dir_name}", leave=False):
         chunk = todo[i : i + cfg.eval_batch_size]

@@ -8,6 +8,7 @@ accelerate launch --num_processes 8 run.py --class_index 1-1000   # classes shar
 import csv
 import io
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from config import RunConfig, parse_args  # noqa: E402
+from stats import mean_interval, paired_gain  # noqa: E402
 from utils import UsageError, class_dir_name, remove_stale_tmp, write_json, write_text  # noqa: E402
 
 
@@ -92,7 +94,7 @@ def run(cfg: RunConfig) -> int:
 
     from classifiers import check_same_classes, load_classifier
     from diffusion import configure, load_sd
-    from evaluate import evaluate_class, generate_dataset
+    from evaluate import check_fid_references, evaluate_class, generate_dataset
     from train import train_class
 
     quiet_libraries()
@@ -113,6 +115,7 @@ def run(cfg: RunConfig) -> int:
             paths = ClassPaths.of(cfg, c, labels[c])
             if not paths.token.exists():
                 raise UsageError(f"--train False: class {c + 1} ({labels[c]}) has no trained token at {paths.token}")
+    check_fid_references(cfg, classes, labels)
     for clf in classifiers.values():
         clf.to(device, dtype)
     sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
@@ -135,6 +138,9 @@ def run(cfg: RunConfig) -> int:
             tqdm.write(report_line(m))
         if cfg.generate:
             generate_dataset(cfg, sd, labels[c], paths, Path(cfg.output_path) / "generated" / paths.dir_name)
+            if cfg.generate_baseline:  # the same seeds with "A photo of a <class>" (digits/augment.py compares)
+                out = Path(cfg.output_path) / "generated_baseline" / paths.dir_name
+                generate_dataset(cfg, sd, labels[c], paths, out, token=False)
         if cfg.save_as_full_pipeline:
             save_full_pipeline(sd, paths.token_dir / "pipeline")
     state.wait_for_everyone()
@@ -157,11 +163,34 @@ def quiet_libraries() -> None:
         lib.utils.logging.disable_progress_bar()
 
 
+def pct(x) -> str:
+    return f"{round(100 * float(x))}%"
+
+
+def points(x) -> str:
+    return f"{round(100 * float(x)) + 0:+d}"  # + 0: no "-0"
+
+
+def bounds(low, high, signed: bool = False) -> str:
+    """A 95% interval in percent ('[36-56]') or signed points ('[+19,+41]'), rounded outward."""
+    lo, hi = math.floor(100 * float(low) + 1e-9), math.ceil(100 * float(high) - 1e-9)
+    return f"[{lo:+d},{hi:+d}]" if signed else f"[{lo}-{hi}]"
+
+
+def judged(res: dict) -> str:
+    """'baseline 46% [36-56] -> token 76% [67-83], gain +30 [+19,+41]' (95% intervals, stats.py)."""
+    text = f"baseline {pct(res['baseline_accuracy'])} {bounds(*res['baseline_ci'])}"
+    text += f" -> token {pct(res['token_accuracy'])} {bounds(*res['token_ci'])}"
+    return text + f", gain {points(res['gain'])} {bounds(*res['gain_ci'], signed=True)}"
+
+
 def report_line(m: dict) -> str:
     line = f"class {m['class_index']} ({m['class_name']}): "
     for role in ("classifier", "eval_classifier"):
         if role in m:
-            line += f"[{role}] baseline {m[role]['baseline_accuracy']:.0%} -> token {m[role]['token_accuracy']:.0%}  "
+            line += f"[{role}] {judged(m[role])}  "
+    if "fid" in m:  # Frechet distance to real images on the judge's features (lower: closer to real)
+        line += f"[FD on {m['fid']['judge']}] baseline {m['fid']['baseline']:.3g} -> token {m['fid']['token']:.3g}"
     return line.rstrip()
 
 
@@ -176,12 +205,36 @@ def save_full_pipeline(sd, out: Path) -> None:
     os.replace(tmp, out)
 
 
-SUMMARY_FIELDS = ["class_index", "class_name", "exp_id", "baseline_accuracy", "token_accuracy"]
-SUMMARY_FIELDS += ["eval_baseline_accuracy", "eval_token_accuracy", "epochs", "train_seconds", "token_path"]
+ROLES = {"classifier": "", "eval_classifier": "eval_"}  # results.csv column prefix per judge
+STATS = ["baseline_accuracy", "baseline_low", "baseline_high", "token_accuracy", "token_low", "token_high"]
+STATS += ["gain", "gain_low", "gain_high"]
+SUMMARY_FIELDS = ["class_index", "class_name", "exp_id", "seeds"]
+SUMMARY_FIELDS += [prefix + k for prefix in ROLES.values() for k in STATS] + ["fd_baseline", "fd_token"]
+SUMMARY_FIELDS += ["epochs", "train_seconds", "token_path"]
+MEAN_GAIN_METHODS = dict(
+    over_classes="Student t interval over the classes' gains (classes as a sample of classes)",
+    pooled_seeds="Newcombe's paired interval over all (class, seed) pairs (these classes fixed; seed noise only)",
+)
+
+
+def csv_stats(m: dict, role: str, target: int) -> dict:
+    """One judge's accuracies, gain and 95% intervals as results.csv columns ('' when not evaluated)."""
+    res = m.get(role)
+    if not res:
+        return {ROLES[role] + k: "" for k in STATS}
+    if "gain_ci" not in res:  # metrics.json written before intervals existed: compute them now
+        from evaluate import intervals
+
+        res = res | intervals(res, target)
+    values = [res["baseline_accuracy"], *res["baseline_ci"], res["token_accuracy"], *res["token_ci"]]
+    values += [res["gain"], *res["gain_ci"]]
+    hits = {f"_{role}_{kind}_hits": [p == target for p in res[f"{kind}_predictions"]] for kind in ("baseline", "token")}
+    return {ROLES[role] + k: round(v, 4) for k, v in zip(STATS, values)} | hits  # _hits: not csv columns
 
 
 def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list[dict]:
-    """results.csv: one row per (class, exp_id), earlier rows kept, rerun classes replaced."""
+    """results.csv: one row per (class, exp_id), earlier rows kept, rerun classes replaced. With several
+    classes, also the mean gain over them in results_summary.json (per exp_id)."""
     path = Path(cfg.output_path) / "results.csv"
     rows = {}
     if path.exists():
@@ -191,39 +244,80 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
         p = ClassPaths.of(cfg, c, labels[c])
         if not p.token.exists():
             continue
-        m = json.loads(p.metrics.read_text()) if p.metrics.exists() else {"classifier": {}}
+        m = json.loads(p.metrics.read_text()) if p.metrics.exists() else {}
         t = json.loads(p.train_summary.read_text()) if p.train_summary.exists() else {}
-        ev = m.get("eval_classifier", {})
         rows[(c + 1, cfg.exp_id)] = dict(
             class_index=c + 1,
             class_name=labels[c],
             exp_id=cfg.exp_id,
-            baseline_accuracy=m["classifier"].get("baseline_accuracy", ""),
-            token_accuracy=m["classifier"].get("token_accuracy", ""),
-            eval_baseline_accuracy=ev.get("baseline_accuracy", ""),
-            eval_token_accuracy=ev.get("token_accuracy", ""),
+            seeds=len(m.get("seeds", [])) or "",
+            **csv_stats(m, "classifier", c),
+            **csv_stats(m, "eval_classifier", c),
+            fd_baseline=round(m["fid"]["baseline"], 4) if "fid" in m else "",
+            fd_token=round(m["fid"]["token"], 4) if "fid" in m else "",
             epochs=t.get("epochs", ""),
             train_seconds=t.get("seconds", ""),
             token_path=str(p.token),
         )
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (int(k[0]), k[1]))]
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, SUMMARY_FIELDS)
+    writer = csv.DictWriter(buf, SUMMARY_FIELDS, extrasaction="ignore")  # rows of older files: missing -> ''
     writer.writeheader()
     writer.writerows(ordered)
     write_text(path, buf.getvalue())
     wanted = {c + 1 for c in classes}
-    return [r for r in ordered if r["exp_id"] == cfg.exp_id and int(r["class_index"]) in wanted]
+    mine = [r for r in ordered if r["exp_id"] == cfg.exp_id and int(r["class_index"]) in wanted]
+    means = mean_gains(mine)
+    if means:
+        summary_path = path.with_name("results_summary.json")
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary[cfg.exp_id] = dict(classes=[int(r["class_index"]) for r in mine], methods=MEAN_GAIN_METHODS, **means)
+        write_json(summary_path, summary)
+    return mine
+
+
+def mean_gains(rows: list[dict]) -> dict:
+    """Per judge, the mean gain over 2+ classes with two 95% intervals (MEAN_GAIN_METHODS): over classes, and,
+    where the per-seed outcomes are at hand, pooled over (class, seed) pairs, which stays honest when every
+    class gained the same (the t interval then has zero width)."""
+    out = {}
+    for role, prefix in ROLES.items():
+        have = [r for r in rows if r.get(prefix + "gain", "") != ""]
+        if len(have) < 2:
+            continue
+        mean, low, high = mean_interval([float(r[prefix + "gain"]) for r in have])
+        g = dict(n_classes=len(have), mean_gain=round(mean, 4), over_classes=[round(low, 4), round(high, 4)])
+        hits = [(r[f"_{role}_token_hits"], r[f"_{role}_baseline_hits"]) for r in have if f"_{role}_token_hits" in r]
+        if len(hits) == len(have) and len({len(t) for t, _ in hits}) == 1:  # equal n: pooled gain = mean gain
+            pooled = paired_gain(sum((t for t, _ in hits), []), sum((b for _, b in hits), []))
+            g["pooled_seeds"] = [round(pooled[1], 4), round(pooled[2], 4)]
+        out[role] = g
+    return out
 
 
 def format_table(rows: list[dict]) -> str:
-    def pct(v):
-        return f"{float(v):.0%}" if v != "" else "-"
+    """One line per class and judge: accuracies and gain with 95% intervals; then the mean gain over classes."""
 
-    lines = [f"{'class':>6}  {'name':24} {'baseline':>8} {'token':>6} {'eval base':>9} {'eval tok':>8}"]
+    def cell(r: dict, prefix: str, stem: str, value_key: str) -> str:
+        v, lo, hi = r.get(prefix + value_key, ""), r.get(f"{prefix}{stem}_low", ""), r.get(f"{prefix}{stem}_high", "")
+        text = "-" if v == "" else points(v) if stem == "gain" else pct(v)
+        return f"{text} {bounds(lo, hi, stem == 'gain')}" if "" not in (v, lo, hi) else text
+
+    lines = [f"{'class':>6}  {'name':24} {'judge':16} {'baseline':>14} {'token':>14} {'gain':>14}"]
     for r in rows:
-        b, t, eb, et = (pct(r[k]) for k in SUMMARY_FIELDS[3:7])
-        lines.append(f"{r['class_index']:>6}  {r['class_name'][:24]:24} {b:>8} {t:>6} {eb:>9} {et:>8}")
+        head = f"{r['class_index']:>6}  {r['class_name'][:24]:24}"
+        for role, prefix in ROLES.items():
+            if r.get(prefix + "baseline_accuracy", "") == "" and role != "classifier":
+                continue
+            b, t = cell(r, prefix, "baseline", "baseline_accuracy"), cell(r, prefix, "token", "token_accuracy")
+            lines.append(f"{head} {role:16} {b:>14} {t:>14} {cell(r, prefix, 'gain', 'gain'):>14}")
+            head = " " * len(head)
+    for role, g in mean_gains(rows).items():
+        line = f"mean gain over {g['n_classes']} classes [{role}]: {points(g['mean_gain'])}"
+        line += f" {bounds(*g['over_classes'], signed=True)} (t interval over classes)"
+        if "pooled_seeds" in g:
+            line += f", {bounds(*g['pooled_seeds'], signed=True)} (paired, pooled over classes x seeds)"
+        lines.append(line)
     return "\n".join(lines)
 
 
