@@ -69,6 +69,7 @@ class RunConfig:
     accuracy_stop: float = 0.7  # stop when more than this share of an epoch's images is the target
     fresh_noise: bool = False  # new starting noises every epoch (the paper reuses the same epoch_size noises)
     reseed_on_collapse: bool = True  # as the original: seed + 1 (new noises) after an epoch loss > 2x the best
+    keep: str = "after_step"  # kept token: after_step (original: after the best-loss epoch's update) | best_epoch
     lr: float | None = None  # None = 0.00025 x epoch_size, from the actual epoch_size
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     weight_decay: float = 1e-2  # AdamW; applied to the token's row only
@@ -172,6 +173,7 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.grad_steps <= cfg.num_of_SD_inference_steps, "grad_steps", "must be <= num_of_SD_inference_steps")
     need(cfg.guidance_scale >= 1 and cfg.eval_guidance_scale >= 1, "guidance_scale", "guidance must be >= 1")
     need(cfg.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "allowed: no, fp16, bf16")
+    need(cfg.keep in ("after_step", "best_epoch"), "keep", "allowed: after_step, best_epoch")
     need(cfg.classifier_pooling in ("auto", "cls", "mean"), "classifier_pooling", "allowed: auto, cls, mean")
     need(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"), "device", "auto|cpu|cuda[:N]")
     need(bool(cfg.placeholder_token.strip()), "placeholder_token", "must not be empty")

@@ -160,11 +160,13 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
             bad_in_row = 0
             # The original's rules, in its order, after the step: a loss above twice the best
             # re-seeds the noises ("training collapse"); a new best keeps the token AFTER this
-            # step (the original saves its pipeline there); otherwise the patience counter drops.
+            # step (the original saves its pipeline there; keep="best_epoch": the token that
+            # produced the loss, since one large step can undo it); otherwise the counter drops.
             if cfg.reseed_on_collapse and epoch_loss > 2 * best_loss:
                 noise_seed += 1
             if epoch_loss < best_loss:
-                best_loss, kept, kept_epoch, since_best = epoch_loss, sd.token.detach().clone(), epoch, 0
+                kept = sd.token.detach().clone() if cfg.keep == "after_step" else token_before
+                best_loss, kept_epoch, since_best = epoch_loss, epoch, 0
             else:
                 since_best += 1
             if accuracy > cfg.accuracy_stop:  # keep the token that reached the accuracy (README: differences)
@@ -181,7 +183,9 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
     set_token(sd, kept)
     save_token(paths.token, cfg.placeholder_token, kept)
     summary = dict(epochs=len(log), best_epoch=kept_epoch, best_loss=best_loss, stop=stop)
-    summary |= dict(kept_token=_kept_description(stop, kept_epoch), noise_seeds=sorted({e["noise_seed"] for e in log}))
+    summary |= dict(
+        kept_token=_kept_description(stop, kept_epoch, cfg.keep), noise_seeds=sorted({e["noise_seed"] for e in log})
+    )
     summary |= dict(nonfinite_skipped=sum(e["skipped"] for e in log), zero_grad_epochs=sum(e["zero_grad"] for e in log))
     return summary | dict(micro_batch_size=bs, seconds=round(time.time() - start, 2))
 
@@ -191,9 +195,11 @@ def _keep_and_save(images: list, save, start: int, batch: torch.Tensor, preds: l
     save(start, batch, preds)
 
 
-def _kept_description(stop: str, epoch: int | None) -> str:
+def _kept_description(stop: str, epoch: int | None, keep: str) -> str:
     if epoch is None:
         return "the initializer's embedding (no finite epoch)"
     if stop.startswith("accuracy"):
         return f"the token that produced epoch {epoch} (accuracy stop)"
+    if keep == "best_epoch":
+        return f"the token that produced epoch {epoch} (lowest epoch loss)"
     return f"the token after epoch {epoch}'s update (lowest epoch loss)"

@@ -27,6 +27,17 @@ CANDIDATES = {
     "fresh_lr03": ["--fresh_noise", "True", "--lr", "0.03"],
     "fresh_e32": ["--fresh_noise", "True", "--epoch_size", "32", "--num_train_epochs", "25"],
     "fresh_lr03_ep80": ["--fresh_noise", "True", "--lr", "0.03", "--num_train_epochs", "80"],
+    "fresh_ep100": ["--fresh_noise", "True", "--num_train_epochs", "100", "--early_stopping", "100"],
+    "fresh_ep100_best": [
+        "--fresh_noise",
+        "True",
+        "--num_train_epochs",
+        "100",
+        "--early_stopping",
+        "100",
+        "--keep",
+        "best_epoch",
+    ],
 }
 
 

@@ -65,6 +65,14 @@ def test_kept_token_is_the_one_after_the_best_epochs_step_and_collapse_reseeds(s
     assert [e["noise_seed"] for e in log] == [35, 35, 35, 35, 36] and summary["noise_seeds"] == [35, 36]
 
 
+def test_keep_best_epoch_keeps_the_token_that_produced_the_best_loss(setup):
+    cfg, sd, paths = setup
+    cfg.keep = "best_epoch"
+    summary, _, after, saved = run_scripted(cfg, sd, paths, [z_for_loss(v) for v in [5.0, 3.0, 4.0, 7.0, 6.0]])
+    assert summary["best_epoch"] == 1 and torch.equal(saved, after[0])  # before epoch 1's update
+    assert "produced epoch 1" in summary["kept_token"]
+
+
 def test_reseeding_changes_the_noises_and_can_be_turned_off(setup, monkeypatch):
     import train
 
