@@ -21,6 +21,7 @@ import run  # noqa: E402
 VALIDATION_SEED = 1000  # config.py: validation seeds, the only ones used to choose settings
 AMBIGUOUS_CLASSES = [1, 2, 4, 7, 8, 9]  # 1-based: loop->0, stick->1, curl->3, loop->6, stick->7, curl->8
 # Candidates: flags on top of --preset digits. Each name is an exp_id under the output folder.
+F = ["--fresh_noise", "True", "--keep", "best_epoch"]
 CANDIDATES = {
     "preset": [],
     "fresh": ["--fresh_noise", "True"],
@@ -28,6 +29,9 @@ CANDIDATES = {
     "fresh_e32": ["--fresh_noise", "True", "--epoch_size", "32", "--num_train_epochs", "25"],
     "fresh_lr03_ep80": ["--fresh_noise", "True", "--lr", "0.03", "--num_train_epochs", "80"],
     "fresh_ep100": ["--fresh_noise", "True", "--num_train_epochs", "100", "--early_stopping", "100"],
+    "fresh_lr02_ep100_best": F + ["--lr", "0.02", "--num_train_epochs", "100", "--early_stopping", "100"],
+    "fresh_e32_best": F + ["--epoch_size", "32"],
+    "fresh_p1_ep100_best": F + ["--number_of_prompts", "1", "--num_train_epochs", "100", "--early_stopping", "100"],
     "fresh_ep100_best": [
         "--fresh_noise",
         "True",
