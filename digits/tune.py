@@ -17,31 +17,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import run  # noqa: E402
+from config import VALIDATION_SEED  # noqa: E402  (the only seeds on which settings are chosen)
 
-VALIDATION_SEED = 1000  # config.py: validation seeds, the only ones used to choose settings
 AMBIGUOUS_CLASSES = [1, 2, 4, 7, 8, 9]  # 1-based: loop->0, stick->1, curl->3, loop->6, stick->7, curl->8
-# Candidates: flags on top of --preset digits. Each name is an exp_id under the output folder.
-F = ["--fresh_noise", "True", "--keep", "best_epoch"]
+# Candidates: flags on top of --preset digits, each spelled out in full so that a name means the
+# same whatever the preset says now. Each name is an exp_id under the output folder.
+FIXED, FRESH = ["--fresh_noise", "False", "--keep", "after_step"], ["--fresh_noise", "True", "--keep", "after_step"]
+BEST = ["--fresh_noise", "True", "--keep", "best_epoch"]  # the preset's choice
+LONG = ["--num_train_epochs", "100", "--early_stopping", "100"]
 CANDIDATES = {
-    "preset": [],
-    "fresh": ["--fresh_noise", "True"],
-    "fresh_lr03": ["--fresh_noise", "True", "--lr", "0.03"],
-    "fresh_e32": ["--fresh_noise", "True", "--epoch_size", "32", "--num_train_epochs", "25"],
-    "fresh_lr03_ep80": ["--fresh_noise", "True", "--lr", "0.03", "--num_train_epochs", "80"],
-    "fresh_ep100": ["--fresh_noise", "True", "--num_train_epochs", "100", "--early_stopping", "100"],
-    "fresh_lr02_ep100_best": F + ["--lr", "0.02", "--num_train_epochs", "100", "--early_stopping", "100"],
-    "fresh_e32_best": F + ["--epoch_size", "32"],
-    "fresh_p1_ep100_best": F + ["--number_of_prompts", "1", "--num_train_epochs", "100", "--early_stopping", "100"],
-    "fresh_ep100_best": [
-        "--fresh_noise",
-        "True",
-        "--num_train_epochs",
-        "100",
-        "--early_stopping",
-        "100",
-        "--keep",
-        "best_epoch",
-    ],
+    "fixed_noise": FIXED,  # the preset before issue 10: the same 16 noises every epoch
+    "fresh": FRESH,
+    "fresh_lr03": FRESH + ["--lr", "0.03"],
+    "fresh_e32": FRESH + ["--epoch_size", "32", "--num_train_epochs", "25"],
+    "fresh_best": BEST,
+    "fresh_best_ep100": BEST + LONG,
+    "fresh_best_lr02_ep100": BEST + LONG + ["--lr", "0.02"],
+    "fresh_best_e32": BEST + ["--epoch_size", "32"],
+    "fresh_best_p1_ep100": BEST + LONG + ["--number_of_prompts", "1"],
 }
 
 
