@@ -32,11 +32,13 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 #   seed .. seed + ~100, below VALIDATION_SEED;
 # - validation: eval_seed = VALIDATION_SEED, .. + test_size - 1: the only seeds used to choose settings (the
 #   digits preset's values were chosen on 1000..1099);
-# - test: eval_seed = TEST_SEED, ..: only for reporting; the digits preset evaluates here.
+# - test: eval_seed = TEST_SEED, ..: only for reporting; the digits preset evaluates here. (10000..10099
+#   were spent: a first choice of preset was run on them and dropped, docs/digits.md; so the test range
+#   moved to untouched seeds.)
 # (`--generate` images use evaluate.GENERATE_SEED_OFFSET = 1,000,000 and up.) The SD 1.4 default keeps the
 # original's seeds 0..9 (REFERENCE.md section 2), the paper's protocol.
 VALIDATION_SEED = 1000
-TEST_SEED = 10000
+TEST_SEED = 20000
 
 
 @dataclass
