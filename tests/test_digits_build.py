@@ -53,6 +53,10 @@ def test_quick_build_loads(quick_world):
         x = proc(images=[(img[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")], return_tensors="pt")
         assert x["pixel_values"].shape == (1, 3, 16, 16)
         assert model(**x).logits.shape == (1, 10)
+    from safetensors import safe_open
+
+    with safe_open(quick_world / "pipeline" / "text_encoder" / "model.safetensors", "pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())  # the hub layout, loaded by transformers 4 and 5
     assert (quick_world / "pipeline" / "tokenizer" / "vocab.json").exists()
     assert (quick_world / "pipeline" / "tokenizer" / "merges.txt").exists()
     assert (quick_world / "build_info.json").exists()
