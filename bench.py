@@ -76,16 +76,16 @@ COMPILE_CASE = dict(compile=True)  # --compile: run.py's --compile, torch.compil
 def build_pipeline(shape: dict, folder: Path) -> None:
     """Random-weight SD components from `shape`, saved as a diffusers folder (the SD 1.4 layout)."""
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from digits.tokenizer import build_vocab
+    from digits.tokenizer import build_vocab, clip_tokenizer
 
     torch.manual_seed(0)
     # A CLIP-style BPE tokenizer in which the prompt words are single tokens, padded with unreachable
     # entries to CLIP's 49408 so the embedding matrix has the real size after load_sd's resize.
     vocab, merges = build_vocab([*TEMPLATES, "a", CLASS_NAME])
     vocab |= {f"<unused{i}>": i for i in range(len(vocab), 49408)}
-    tok = CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=77)
+    tok = clip_tokenizer(vocab, merges, model_max_length=77)
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     text = CLIPTextModel(
         CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", **ids, **shape["text"])

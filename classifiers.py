@@ -13,6 +13,7 @@ from torch import nn
 from utils import UsageError, first_name, hub_guard
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_SMOOTH = ("bilinear", "bicubic")  # the F.interpolate modes that take antialias and align_corners
 
 
 @dataclass
@@ -21,20 +22,28 @@ class Preprocess:
     crop: tuple[int, int] | None  # center crop after resizing
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    interpolation: str = "bicubic"
+    interpolation: str = "bicubic"  # a torch.nn.functional.interpolate mode
+    antialias: bool = False  # kornia's default, which the original used (REFERENCE.md section 2)
+
+    def __post_init__(self):
+        if self.antialias and self.interpolation not in _SMOOTH:
+            raise ValueError(f"antialias needs bilinear or bicubic interpolation, not {self.interpolation}")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> normalised classifier input. No clamping: a clamp would zero
         the gradient of every saturated pixel (REFERENCE.md section 8)."""
         h, w = images.shape[-2:]
         if isinstance(self.resize, int):
-            s = self.resize / min(h, w)
-            size = (round(h * s), round(w * s))
+            # The shorter side becomes `resize`, the other is truncated, computed as kornia's resize
+            # does (the original's, REFERENCE.md section 2; torchvision and transformers also truncate).
+            s = self.resize
+            size = (s, int(s * (w / h))) if w >= h else (int(s / (w / h)), s)
         else:
             size = tuple(self.resize)
         if size != (h, w):
-            aa = self.interpolation in ("bilinear", "bicubic")
-            images = F.interpolate(images, size=size, mode=self.interpolation, antialias=aa, align_corners=False)
+            # align_corners False is kornia's choice (None) for bilinear/bicubic; nearest takes neither option.
+            smooth = dict(align_corners=False, antialias=self.antialias) if self.interpolation in _SMOOTH else {}
+            images = F.interpolate(images, size=size, mode=self.interpolation, **smooth)
         if self.crop is not None:
             (ch, cw), (h, w) = self.crop, images.shape[-2:]
             top, left = (h - ch) // 2, (w - cw) // 2
@@ -44,11 +53,12 @@ class Preprocess:
         return (images - mean) / std
 
 
-# REFERENCE.md section 3. The two ViT-MAE checkpoints read the mean of the patch tokens.
+# REFERENCE.md section 3. The two ViT-MAE checkpoints read the mean of the patch tokens. All three resize
+# as the original (kornia): bicubic, no antialiasing (REFERENCE.md section 2).
 PRESETS = {
     "inet": ("google/vit-large-patch16-224", Preprocess(256, (224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic"), "cls"),
-    "inat": ("vesteinn/vit-mae-inat21", Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bilinear"), "mean"),
-    "cub": ("vesteinn/vit-mae-cub", Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bilinear"), "mean"),
+    "inat": ("vesteinn/vit-mae-inat21", Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bicubic"), "mean"),
+    "cub": ("vesteinn/vit-mae-cub", Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bicubic"), "mean"),
 }
 _RESAMPLE = {0: "nearest", 1: "bilinear", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
 
@@ -176,13 +186,17 @@ def check_same_classes(clf: Classifier, judge: Classifier) -> None:
 
 
 def _prep_from_processor(proc, model_id: str) -> Preprocess:
+    """Antialiased where the mode has it: these models were trained and are evaluated through their
+    processor, which shrinks with PIL (or torchvision's antialiased resize in the fast processors)."""
     if not getattr(proc, "do_resize", True):
         raise UsageError(f"--classifier {model_id}: its image processor does not resize; cannot preprocess")
+    # size and crop_size: plain dicts in transformers 4.x, SizeDict (also indexable) in 5.x.
     size = proc.size
-    resize = size.shortest_edge if getattr(size, "shortest_edge", None) else (size.height, size.width)
-    crop = (proc.crop_size.height, proc.crop_size.width) if getattr(proc, "do_center_crop", False) else None
-    resample = _RESAMPLE.get(int(getattr(proc, "resample", 2) or 2), "bilinear")
-    return Preprocess(resize, crop, tuple(proc.image_mean), tuple(proc.image_std), resample)
+    resize = size.get("shortest_edge") or (size["height"], size["width"])
+    crop = (proc.crop_size["height"], proc.crop_size["width"]) if getattr(proc, "do_center_crop", False) else None
+    resample = getattr(proc, "resample", None)  # PIL's codes; 0 (nearest) is a value, not a missing one
+    mode = _RESAMPLE.get(2 if resample is None else int(resample), "bilinear")
+    return Preprocess(resize, crop, tuple(proc.image_mean), tuple(proc.image_std), mode, mode in _SMOOTH)
 
 
 def _load_timm(name: str, pretrained: bool, flag: str = "classifier", **create_args) -> Classifier:
@@ -193,8 +207,9 @@ def _load_timm(name: str, pretrained: bool, flag: str = "classifier", **create_a
     with hub_guard(f"timm model {name}"):
         model = timm.create_model(name, pretrained=pretrained, **create_args)
     cfg = timm.data.resolve_data_config({}, model=model)
-    size = cfg["input_size"][1:]
-    prep = Preprocess(int(size[0] / cfg["crop_pct"]), tuple(size), cfg["mean"], cfg["std"], cfg["interpolation"])
+    size, mode = cfg["input_size"][1:], cfg["interpolation"]
+    # Antialiased as timm's own eval transform (torchvision's resize of PIL images) where the mode has it.
+    prep = Preprocess(int(size[0] / cfg["crop_pct"]), tuple(size), cfg["mean"], cfg["std"], mode, mode in _SMOOTH)
     names, note = _timm_class_names(model, f"--{flag} timm/{name}")
     clf = Classifier(model, prep, [first_name(x) for x in names], "cls", f"timm/{name}")
     clf.notes += [note] if note else []

@@ -64,6 +64,17 @@ def make_vae():
     )
 
 
+def text_encoder_in_hub_layout(folder: str) -> None:
+    """Key the saved text encoder as the hub's SD checkpoints are (`text_model.` prefix). transformers 5
+    saves it without the prefix, which 4.x (the floor in requirements.txt) loads as random weights
+    without an error; every allowed version loads the hub layout."""
+    from safetensors.torch import load_file, save_file
+
+    f = os.path.join(folder, "model.safetensors")
+    state = {k.removeprefix("text_model."): v for k, v in load_file(f).items()}
+    save_file({f"text_model.{k}": v for k, v in state.items()}, f, {"format": "pt"})
+
+
 def make_text_encoder(tokenizer):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -400,6 +411,7 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
         path = os.path.join(out, "pipeline")
         shutil.rmtree(path, ignore_errors=True)
         pipe.save_pretrained(path, safe_serialization=True)
+        text_encoder_in_hub_layout(os.path.join(path, "text_encoder"))
         # keep the plain BPE files beside tokenizer.json
         build_tokenizer(words, out_dir=os.path.join(path, "tokenizer"), model_max_length=TEXT_POSITIONS)
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 
+import transformers
 from transformers import CLIPTokenizer
 
 BOS = "<|startoftext|>"
@@ -113,12 +115,25 @@ def build_tokenizer(words: list[str], out_dir: str | None = None, model_max_leng
     vocab.json and merges.txt).
     """
     vocab, merges = build_vocab(words)
-    tok = CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=model_max_length)
+    tok = clip_tokenizer(vocab, merges, model_max_length)
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         tok.save_pretrained(out_dir)
         _write_files(vocab, merges, os.path.join(out_dir, "vocab.json"), os.path.join(out_dir, "merges.txt"))
     return tok
+
+
+def clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]], model_max_length: int) -> CLIPTokenizer:
+    """A fast CLIP tokenizer from in-memory tables: transformers 5 takes them directly; 4.x (the floor in
+    requirements.txt) builds its fast tokenizer only from vocab.json and merges.txt files."""
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=model_max_length)
+    from transformers import CLIPTokenizerFast
+
+    with tempfile.TemporaryDirectory() as d:
+        files = os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")
+        _write_files(vocab, merges, *files)
+        return CLIPTokenizerFast(*files, model_max_length=model_max_length)
 
 
 def _write_files(vocab: dict[str, int], merges: list[tuple[str, str]], vocab_file: str, merges_file: str) -> None:

@@ -1,24 +1,35 @@
 """Classifier presets, preprocessing, the mean-pooled MAE head, timm models."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
+import torch.nn.functional as F
 
-from classifiers import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocess, load_classifier
+from classifiers import IMAGENET_MEAN, IMAGENET_STD, PRESETS, Preprocess, _prep_from_processor, load_classifier
 
 
 def test_preset_numbers_follow_reference_section_3():
     inet, inat, cub = (PRESETS[k] for k in ("inet", "inat", "cub"))
     assert inet[0] == "google/vit-large-patch16-224" and inet[2] == "cls"
-    assert (inet[1].resize, inet[1].crop, inet[1].mean, inet[1].std, inet[1].interpolation) == (
-        256,
-        (224, 224),
-        (0.5,) * 3,
-        (0.5,) * 3,
-        "bicubic",
-    )
+    assert (inet[1].resize, inet[1].crop, inet[1].mean, inet[1].std) == (256, (224, 224), (0.5,) * 3, (0.5,) * 3)
     for model, prep, pooling in (inat, cub):
         assert pooling == "mean" and model.startswith("vesteinn/vit-mae-")
         assert (prep.resize, prep.crop, prep.mean, prep.std) == (224, (224, 224), IMAGENET_MEAN, IMAGENET_STD)
+    for _, prep, _ in (inet, inat, cub):  # the original's kornia resize: bicubic, no antialiasing (section 2)
+        assert (prep.interpolation, prep.antialias) == ("bicubic", False)
+
+
+def test_preset_resize_is_kornias_bicubic_without_antialiasing():
+    """kornia.geometry.transform.resize(img, 256, interpolation="bicubic") as the original calls it:
+    shorter side 256, the other truncated, align_corners False, no antialiasing."""
+    img = torch.rand(1, 3, 512, 601)
+    prep = PRESETS["inet"][1]
+    resized = F.interpolate(img, size=(256, 300), mode="bicubic", align_corners=False, antialias=False)  # 300.5
+    expected = (resized[..., 16:240, 38:262] - 0.5) / 0.5
+    torch.testing.assert_close(prep(img), expected, atol=1e-6, rtol=0)
+    smoothed = F.interpolate(img, size=(256, 300), mode="bicubic", align_corners=False, antialias=True)
+    assert not torch.allclose(prep(img), (smoothed[..., 16:240, 38:262] - 0.5) / 0.5, atol=1e-3)
 
 
 def test_preprocess_resizes_shorter_side_crops_and_normalises():
@@ -33,8 +44,30 @@ def test_preprocess_resizes_shorter_side_crops_and_normalises():
 
 def test_processor_config_is_read(tiny):
     clf = load_classifier(tiny["clf"])
-    assert clf.prep == Preprocess((16, 16), None, (0.5,) * 3, (0.5,) * 3, "bilinear")
+    assert clf.prep == Preprocess((16, 16), None, (0.5,) * 3, (0.5,) * 3, "bilinear", antialias=True)
     assert clf.labels == ["tabby", "tiger cat", "crane", "crane", "great white shark"]  # first name, no "_"
+
+
+def test_processor_with_plain_dict_sizes_as_transformers_4():
+    """transformers 4.x gives `size` and `crop_size` as plain dicts (5.x as SizeDict)."""
+    mean, std = (0.1, 0.2, 0.3), (0.4, 0.5, 0.6)
+    proc = SimpleNamespace(
+        do_resize=True, size={"shortest_edge": 256}, do_center_crop=True, crop_size={"height": 224, "width": 224}
+    )
+    proc.resample, proc.image_mean, proc.image_std = 3, list(mean), list(std)
+    assert _prep_from_processor(proc, "m") == Preprocess(256, (224, 224), mean, std, "bicubic", antialias=True)
+    proc = SimpleNamespace(do_resize=True, size={"height": 32, "width": 48}, resample=0, image_mean=mean, image_std=std)
+    prep = _prep_from_processor(proc, "m")
+    assert prep == Preprocess((32, 48), None, mean, std, "nearest", antialias=False)
+    assert prep(torch.rand(1, 3, 64, 64)).shape == (1, 3, 32, 48)
+
+
+def test_nearest_interpolation_runs_and_picks_pixels():
+    img = torch.arange(16.0).view(1, 1, 4, 4).expand(1, 3, 4, 4)
+    out = Preprocess(2, None, (0.0,) * 3, (1.0,) * 3, "nearest")(img)
+    assert out[0, 0].tolist() == [[0.0, 2.0], [8.0, 10.0]]
+    with pytest.raises(ValueError, match="antialias"):
+        Preprocess(2, None, (0.0,) * 3, (1.0,) * 3, "nearest", antialias=True)
 
 
 def test_mean_pooled_head_matches_manual_computation(tiny):
@@ -43,7 +76,7 @@ def test_mean_pooled_head_matches_manual_computation(tiny):
     vit, m = clf.model.vit, clf.model
     with torch.no_grad():
         h = vit.embeddings(clf.prep(images))
-        for layer in vit.layers:  # transformers 5 layout (4.x called it encoder.layer)
+        for layer in vit.layers if hasattr(vit, "layers") else vit.encoder.layer:  # transformers 5 / 4.x
             out = layer(h)
             h = out[0] if isinstance(out, tuple) else out
         manual = m.classifier(vit.layernorm(h[:, 1:].mean(1)))
@@ -53,9 +86,13 @@ def test_mean_pooled_head_matches_manual_computation(tiny):
 
 
 def test_timm_classifier_without_weights():
+    import timm.data
+
     clf = load_classifier("timm/resnet18", pretrained=False)
     assert len(clf.labels) == 1000 and clf.labels[282] == "tiger cat"
     assert clf.prep.crop == (224, 224) and clf.prep.resize == int(224 / 0.95)
+    mode = timm.data.resolve_data_config({}, model=clf.model)["interpolation"]
+    assert (clf.prep.interpolation, clf.prep.antialias) == (mode, True)  # timm's eval transform (PIL) antialiases
     assert clf(torch.rand(1, 3, 300, 300)).shape == (1, 1000)
 
 

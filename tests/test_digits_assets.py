@@ -54,6 +54,21 @@ def test_tokenizer(pipe):
     assert os.path.exists(os.path.join(PIPELINE, "tokenizer", "merges.txt"))
 
 
+def test_every_shipped_model_loads_all_its_weights():
+    """The text encoder is stored in the hub's SD layout (`text_model.` prefix): transformers 5 saves it
+    without, and 4.x (the floor, tested by .ci/floors) then loads random weights without an error."""
+    from safetensors import safe_open
+    from transformers import AutoModelForImageClassification, CLIPTextModel
+
+    folder = os.path.join(PIPELINE, "text_encoder")
+    with safe_open(os.path.join(folder, "model.safetensors"), "pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())
+    loaded = [CLIPTextModel.from_pretrained(folder, output_loading_info=True)[1]]
+    loaded += [AutoModelForImageClassification.from_pretrained(p, output_loading_info=True)[1] for p in CLASSIFIERS]
+    for info in loaded:
+        assert not info["missing_keys"] and not info["unexpected_keys"], info
+
+
 def test_short_generation(pipe):
     out = pipe(
         "A photo of a four",

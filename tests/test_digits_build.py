@@ -52,6 +52,10 @@ def test_quick_build_loads(quick_world):
         x = proc(images=[(img[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")], return_tensors="pt")
         assert x["pixel_values"].shape == (1, 3, 16, 16)
         assert model(**x).logits.shape == (1, 10)
+    from safetensors import safe_open
+
+    with safe_open(quick_world / "pipeline" / "text_encoder" / "model.safetensors", "pt") as f:
+        assert all(k.startswith("text_model.") for k in f.keys())  # the hub layout, loaded by transformers 4 and 5
     assert (quick_world / "pipeline" / "tokenizer" / "vocab.json").exists()
     assert (quick_world / "pipeline" / "tokenizer" / "merges.txt").exists()
     assert (quick_world / "build_info.json").exists()
@@ -96,7 +100,11 @@ def test_tokenizer_fast_and_complete(tmp_path):
 
     again = CLIPTokenizer.from_pretrained(tmp_path / "tok")
     assert again("A photo of a loop").input_ids == build_tokenizer(words)("A photo of a loop").input_ids
-    plain = CLIPTokenizer(vocab=str(tmp_path / "tok" / "vocab.json"), merges=str(tmp_path / "tok" / "merges.txt"))
+    # vocab.json and merges.txt alone give the same tokenizer (transformers 4.x and 5.x both read them).
+    (tmp_path / "plain").mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        (tmp_path / "plain" / name).write_bytes((tmp_path / "tok" / name).read_bytes())
+    plain = CLIPTokenizer.from_pretrained(tmp_path / "plain")
     assert plain("a close-up photo of a curl").input_ids == again("a close-up photo of a curl").input_ids
 
 
