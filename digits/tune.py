@@ -27,6 +27,7 @@ BEST = ["--fresh_noise", "True", "--keep", "best_epoch"]  # the preset's choice
 LONG = ["--num_train_epochs", "100", "--early_stopping", "100"]
 CANDIDATES = {
     "fixed_noise": FIXED,  # the preset before issue 10: the same 16 noises every epoch
+    "fixed_ep100": FIXED + LONG,
     "fresh": FRESH,
     "fresh_lr03": FRESH + ["--lr", "0.03"],
     "fresh_e32": FRESH + ["--epoch_size", "32", "--num_train_epochs", "25"],

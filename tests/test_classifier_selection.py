@@ -91,6 +91,16 @@ def mean_pooled_logits_by_hand(folder, pixels):
     return lin(norm(h[:, 1:].mean(dim=1), "vit.layernorm"), "classifier")
 
 
+def use_cache(monkeypatch, path: str) -> None:
+    """Point the hub cache at `path` for this test: huggingface_hub's constant, and transformers 4.x's own
+    copy of it (read at import), so the same test holds on the lowest allowed versions (.ci/floors)."""
+    import huggingface_hub.constants
+    import transformers.utils.hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", path)
+    monkeypatch.setattr(transformers.utils.hub, "TRANSFORMERS_CACHE", path, raising=False)
+
+
 def as_hub_cache(folder, cache, repo_id=MAE_ID):
     """Place a saved model where the hub cache keeps a downloaded repo, so that loading `repo_id`
     offline finds it, through the same calls as a real download."""
@@ -110,11 +120,9 @@ LAYOUTS = [
 
 @pytest.mark.parametrize("model_type, architectures", LAYOUTS)
 def test_mae_checkpoint_by_hub_id_loads_mean_pooled_with_the_preset(tmp_path, monkeypatch, model_type, architectures):
-    import huggingface_hub.constants
-
     folder = build_mae_checkpoint(tmp_path / "mae", model_type, architectures)
     snapshot = as_hub_cache(folder, tmp_path / "cache")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    use_cache(monkeypatch, str(tmp_path / "cache"))
     images = torch.rand(2, 3, 256, 320)
     inat_prep = PRESETS["inat"][1]
     expected = mean_pooled_logits_by_hand(folder, inat_prep(images))
@@ -126,7 +134,7 @@ def test_mae_checkpoint_by_hub_id_loads_mean_pooled_with_the_preset(tmp_path, mo
     shutil.copytree(snapshot, copied)
     for spec in (MAE_ID, "inat", str(copied)):  # hub id, preset name, a snapshot folder of another cache
         if spec == str(copied):  # loaded from the folder itself, not by the hub id
-            monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+            use_cache(monkeypatch, str(tmp_path / "empty"))
         clf = load_classifier(spec)
         assert clf.pooling == "mean" and clf.prep == inat_prep, spec
         with torch.no_grad():
@@ -152,14 +160,13 @@ def test_vit_mae_folder_defaults_to_mean_pooling(tmp_path):
 
 def test_mae_pretraining_checkpoint_without_head_is_refused(tmp_path, monkeypatch):
     """A ViT-MAE checkpoint without a head would classify with random weights: one clear error."""
-    import huggingface_hub.constants
     from safetensors.torch import save_file
 
     folder = build_mae_checkpoint(tmp_path / "mae", "vit_mae")
     state = load_file(folder / "model.safetensors")
     save_file({k: v for k, v in state.items() if not k.startswith("classifier")}, folder / "model.safetensors")
     as_hub_cache(folder, tmp_path / "cache")
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    use_cache(monkeypatch, str(tmp_path / "cache"))
     with pytest.raises(UsageError, match=r"--classifier vesteinn/vit-mae-inat21: .*without classifier weights"):
         load_classifier(MAE_ID)
 
@@ -195,19 +202,19 @@ def test_timm_heads_of_imagenet_subsets_get_their_real_names(n, subset):
 
     from utils import first_name
 
-    clf = _load_timm("test_vit", pretrained=False, num_classes=n)
+    clf = _load_timm("resnet18", pretrained=False, num_classes=n)
     expected = [first_name(x) for x in timm.data.ImageNetInfo(subset).label_descriptions()]
     assert len(clf.labels) == n and clf.labels == expected and "tiger cat" in clf.labels
     assert not any(x == f"class {i}" for i, x in enumerate(clf.labels))  # the old numbered names
     assert clf.notes == [
-        f"--classifier timm/test_vit: class names from timm's {subset} list (chosen by its {n} classes)"
+        f"--classifier timm/resnet18: class names from timm's {subset} list (chosen by its {n} classes)"
     ]
-    assert _load_timm("test_vit", pretrained=False).notes == []  # ImageNet-1k: nothing to say
+    assert _load_timm("resnet18", pretrained=False).notes == []  # ImageNet-1k: nothing to say
 
 
 def test_timm_head_without_names_is_a_clear_error():
-    with pytest.raises(UsageError, match=r"^--eval_classifier timm/test_vit: timm has no names for its 7 classes"):
-        _load_timm("test_vit", pretrained=False, flag="eval_classifier", num_classes=7)
+    with pytest.raises(UsageError, match=r"^--eval_classifier timm/resnet18: timm has no names for its 7 classes"):
+        _load_timm("resnet18", pretrained=False, flag="eval_classifier", num_classes=7)
 
 
 def test_timm_label_names_of_the_model_win():
@@ -215,7 +222,7 @@ def test_timm_label_names_of_the_model_win():
     may carry descriptions."""
     names = ("n01440764", "n01443537", "dog_rose")
     overlay = dict(label_names=names, label_descriptions={"n01443537": "goldfish, Carassius auratus"})
-    clf = _load_timm("test_vit", pretrained=False, num_classes=3, pretrained_cfg_overlay=overlay)
+    clf = _load_timm("resnet18", pretrained=False, num_classes=3, pretrained_cfg_overlay=overlay)
     assert clf.labels == ["tench", "goldfish", "dog rose"] and clf.notes == []
 
 
@@ -227,10 +234,10 @@ def test_run_says_where_timm_class_names_come_from(tiny, tmp_path, capsys, monke
     create = timm.create_model
     monkeypatch.setattr(timm, "create_model", lambda name, pretrained, **kw: create(name, False, num_classes=11821))
     out = tmp_path / "out"
-    args = tiny_args(tiny, out, "--classifier", "timm/test_vit", "--num_train_epochs", "1", "--test_size", "1")
+    args = tiny_args(tiny, out, "--classifier", "timm/resnet18", "--num_train_epochs", "1", "--test_size", "1")
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert "run.py: note: --classifier timm/test_vit: class names from timm's imagenet-12k list" in err
+    assert "run.py: note: --classifier timm/resnet18: class names from timm's imagenet-12k list" in err
     metrics = json.loads(next(out.glob("pipeline_token/2_*/default/metrics.json")).read_text())
     assert metrics["prompts"]["token"] == "A photo of newclas cell"  # index 1 of the 12k list: 'cell'
 
