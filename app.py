@@ -118,7 +118,7 @@ def build_ui(jobs: Jobs):
     stops: dict[str, threading.Event] = {}  # session -> its training's stop flag
     private = dict(api_visibility="private", queue=False)
     model = dict(concurrency_id="model")  # one job at a time over all model endpoints
-    gallery = dict(columns=8, height="auto", format="png", object_fit="contain", allow_preview=False)
+    gallery = dict(height="auto", format="png", object_fit="contain", allow_preview=False)
     runs = jobs.runs()
     # Token names are checked by app_jobs (inside the output folder), so API users may name a token
     # trained after their page's list was made.
@@ -129,25 +129,29 @@ def build_ui(jobs: Jobs):
 
     @page_errors
     def train(class_choice, epochs, lr, seed, grad_steps, request: gr.Request):
-        stop = stops[request.session_hash] = threading.Event()
+        c, stop = jobs.parse_class(class_choice), threading.Event()
+        stops[request.session_hash] = stop
         rows, shown = [], None
-        for ev in jobs.train(class_choice, epochs, lr, seed, grad_steps, stop):
-            if "entry" in ev:
-                e, c = ev["entry"], jobs.parse_class(class_choice)
-                rows.append([e["epoch"] + 1, round(e["loss"], 4), round(e["accuracy"], 3), round(e["grad_norm"], 4)])
+        try:
+            for ev in jobs.train(class_choice, epochs, lr, seed, grad_steps, stop):
+                if "summary" in ev:
+                    s = ev["summary"]
+                    done = f"done: {s['epochs']} epochs, {s['seconds']:.0f} s; stopped: {s['stop']}"
+                    yield f"{done}; kept {s['kept_token']}", shown, rows, ev["run"]
+                    break
+                e = ev["entry"]
+                rows.append([e["epoch"] + 1, *(round(e[k], 4) for k in ("loss", "accuracy", "grad_norm"))])
                 shown = captioned(ev["images"], e["predictions"], c)
                 status = f"epoch {e['epoch'] + 1}/{int(epochs)}: loss {e['loss']:.3f}, accuracy {e['accuracy']:.0%}"
                 yield status, shown, rows, gr.update()
-            else:
-                s = ev["summary"]
-                status = (
-                    f"done: {s['epochs']} epochs, {s['seconds']:.0f} s; stopped: {s['stop']}; kept {s['kept_token']}"
-                )
-                yield status, shown, rows, ev["run"]
+        finally:
+            if stops.get(request.session_hash) is stop:
+                del stops[request.session_hash]
 
-    def stop(request: gr.Request):
-        if request.session_hash in stops:
-            stops[request.session_hash].set()
+    def stop(request: gr.Request):  # only the asking session's own training
+        if request.session_hash not in stops:
+            return "no training of yours to stop"
+        stops.pop(request.session_hash).set()
         return "stopping after this epoch; the best token so far is kept"
 
     @page_errors
@@ -184,7 +188,7 @@ def build_ui(jobs: Jobs):
         headers, rows = jobs.results()
         names = jobs.runs()
         pick = dict(choices=names, value=names[0] if names else None)
-        return gr.Dataframe(value=rows, headers=headers), gr.Dropdown(**pick)
+        return dict(headers=headers, data=rows), gr.Dropdown(**pick)
 
     @page_errors
     def open_run(run):
@@ -216,10 +220,11 @@ def build_ui(jobs: Jobs):
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):
                 with gr.Row():
-                    default_class = next((c for c in jobs.class_choices() if c.startswith("2: ")), None)
+                    # run.py's --class_index (283, tiger cat, for ImageNet); class 2 where it does not exist (digits).
+                    first = next((c for c in cfg.classes if c < len(jobs.labels)), min(1, len(jobs.labels) - 1))
                     cls = gr.Dropdown(
                         jobs.class_choices(),
-                        value=default_class,
+                        value=jobs.class_choices()[first],
                         label="class (type to search)",
                         allow_custom_value=True,
                         elem_id="class",
@@ -240,7 +245,7 @@ def build_ui(jobs: Jobs):
                     train_btn = gr.Button("Train", variant="primary", elem_id="train-btn")
                     stop_btn = gr.Button("Stop (keep the best token so far)", elem_id="stop-btn")
                 status = gr.Markdown(elem_id="train-status")
-                epoch_images = gr.Gallery(label="this epoch's images", elem_id="epoch-images", **gallery)
+                epoch_images = gr.Gallery(label="this epoch's images", elem_id="epoch-images", columns=10, **gallery)
                 log = gr.Dataframe(
                     headers=["epoch", "loss", "accuracy", "grad_norm"], label="training log", max_height=250
                 )
@@ -256,8 +261,12 @@ def build_ui(jobs: Jobs):
                     cmp_btn = gr.Button("Compare", variant="primary")
                 summary = gr.Markdown(elem_id="compare-summary")
                 with gr.Row():
-                    base_gallery = gr.Gallery(label="A photo of a <class>", elem_id="baseline-images", **gallery)
-                    token_gallery = gr.Gallery(label="A photo of S_c <class>", elem_id="token-images", **gallery)
+                    base_gallery = gr.Gallery(
+                        label="A photo of a <class>", elem_id="baseline-images", columns=5, **gallery
+                    )
+                    token_gallery = gr.Gallery(
+                        label="A photo of S_c <class>", elem_id="token-images", columns=5, **gallery
+                    )
                 with gr.Accordion("metrics.json", open=False):
                     metrics = gr.JSON()
             with gr.Tab("Use the token", id="use"):
@@ -267,7 +276,7 @@ def build_ui(jobs: Jobs):
                     use_seed = gr.Number(0, precision=0, label="first seed")
                     n_images = gr.Number(min(4, lim.max_images), precision=0, label=f"images (1..{lim.max_images})")
                     gen_btn = gr.Button("Generate", variant="primary")
-                use_gallery = gr.Gallery(label="images", **gallery)
+                use_gallery = gr.Gallery(label="images", columns=8, **gallery)
                 token_file = gr.File(
                     label="learned_embeds.safetensors (any diffusers pipeline: load_textual_inversion)"
                 )

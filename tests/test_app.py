@@ -3,6 +3,7 @@ a subprocess on the shipped digits world, a free port, its own output folder."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -181,7 +182,8 @@ def test_train_compare_generate_and_the_token_is_a_normal_token(client, server):
     assert Path(download).read_bytes() == token.read_bytes()
 
     headers_rows, runs = client.predict(api_name="/results")
-    assert runs["value"] == "2_stick/default" and ["2", "stick", "default"] == headers_rows["value"]["data"][0][:3]
+    assert runs["value"] == "2_stick/default" and ["2", "stick", "default"] == headers_rows["data"][0][:3]
+    assert headers_rows["headers"][:5] == ["class_index", "class_name", "exp_id", "baseline_accuracy", "token_accuracy"]
     grid, log, text, files = client.predict("2_stick/default", api_name="/open_run")
     assert Path(grid).name == "grid.png" and len(log["data"]) == 3 and "baseline" in text
     assert {Path(f).name for f in files} >= {"learned_embeds.safetensors", "train_log.jsonl", "metrics.json"}
@@ -270,3 +272,18 @@ def test_one_job_at_a_time_others_wait_in_a_bounded_queue(server):
     with pytest.raises(Exception, match="[Qq]ueue is full"):
         turned_away.result()
     assert first.result()[3] == "9_curl/default" and all(w.result()[3] == "9_curl/default" for w in waiting)
+
+
+def test_space_files_are_in_place():
+    """docs/space.md's file list exists, and the Space README's front matter runs app.py with gradio
+    at the version CI pins."""
+    doc = (ROOT / "docs" / "space.md").read_text()
+    block = doc.split("<!-- space-files -->")[1].split("<!-- /space-files -->")[0]
+    files = re.findall(r"^\| `([^`]+)` \|", block, flags=re.M)
+    assert len(files) >= 10 and "app.py" in files and "requirements.txt" in files
+    assert [f for f in files if not (ROOT / f).exists()] == []
+    readme = (ROOT / "docs" / "space" / "README.md").read_text()
+    front = dict(re.findall(r"^(\w+): *\"?([^\"\n]*)\"?$", readme.split("---")[1], flags=re.M))
+    pinned = re.search(r"^gradio==(\S+)$", (ROOT / ".ci" / "constraints.txt").read_text(), flags=re.M)[1]
+    assert (front["sdk"], front["app_file"], front["sdk_version"]) == ("gradio", "app.py", pinned)
+    assert (ROOT / front["app_file"]).is_file() and front["python_version"] == "3.11"
