@@ -287,3 +287,43 @@ def test_space_files_are_in_place():
     pinned = re.search(r"^gradio==(\S+)$", (ROOT / ".ci" / "constraints.txt").read_text(), flags=re.M)[1]
     assert (front["sdk"], front["app_file"], front["sdk_version"]) == ("gradio", "app.py", pinned)
     assert (ROOT / front["app_file"]).is_file() and front["python_version"] == "3.11"
+
+
+def test_unexpected_failures_are_one_line_in_the_page(capsys):
+    import gradio as gr
+
+    @app.page_errors
+    def broken():
+        raise ValueError("boom")
+
+    @app.page_errors
+    def streaming():
+        yield 1
+        raise UsageError("epochs 0: must be a whole number in 1..5")
+
+    with pytest.raises(gr.Error) as e:
+        broken()
+    assert e.value.message == "internal error (ValueError: boom); the server log has the details"
+    assert "Traceback" in capsys.readouterr().err  # the details go to the server's log, not the page
+    with pytest.raises(gr.Error) as e:
+        list(streaming())
+    assert e.value.message == "epochs 0: must be a whole number in 1..5"
+
+
+@pytest.mark.slow
+def test_a_closed_request_stops_its_training(tmp_path):
+    """The page closed mid-training (Gradio closes the request's generator): the training thread
+    stops after its epoch, keeps the best token, and frees the models for the next job."""
+    import threading
+
+    from app_jobs import Jobs
+    from config import parse_args
+
+    jobs = Jobs(parse_args(["--preset", "digits", "--output_path", str(tmp_path)]), Limits())
+    events = jobs.train("1: loop", 5, 0.06, 35, 15, threading.Event())
+    assert next(events)["entry"]["epoch"] == 0
+    events.close()
+    assert jobs.lock.acquire(timeout=120)
+    summary = json.loads((tmp_path / "pipeline_token" / "1_loop" / "default" / "train_summary.json").read_text())
+    assert summary["stop"] == "stopped by the user" and summary["epochs"] <= 2
+    assert (tmp_path / "pipeline_token" / "1_loop" / "default" / "learned_embeds.safetensors").is_file()
