@@ -22,7 +22,7 @@ from config import RunConfig, build_parser, parse_args
 from utils import UsageError
 
 # Without a model flag the demo opens on the shipped digits world: it works offline on a CPU.
-MODEL_FLAGS = ("--preset", "--sd_model", "--sd_2_1", "--classifier", "--eval_classifier")
+MODEL_FLAGS = ("preset", "sd_model", "sd_2_1", "classifier", "eval_classifier")
 DEFAULT_OUTPUT = "out/demo"  # not the repository root: Gradio may serve every file in this folder
 
 
@@ -32,12 +32,13 @@ class _Parser(argparse.ArgumentParser):
 
 
 def server_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="app.py", add_help=False, description="DisCo web demo (Gradio).")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = _Parser(prog="app.py", add_help=False, allow_abbrev=False, description="DisCo web demo.", formatter_class=fmt)
     p.add_argument("-h", "--help", action="store_true", help="this help, then run.py's flags")
     # Gradio's own variables (a Hugging Face Space sets them) stand in for --host and --port.
     host, port = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), int(os.environ.get("GRADIO_SERVER_PORT", 7860))
-    p.add_argument("--host", default=host, help=f"address to listen on; 0.0.0.0 opens it to the network ({host})")
-    p.add_argument("--port", type=int, default=port, help=f"port ({port})")
+    p.add_argument("--host", default=host, help="address to listen on; 0.0.0.0 opens it to the network")
+    p.add_argument("--port", type=int, default=port, help="port")
     p.add_argument("--share", action="store_true", help="also open a temporary public *.gradio.live link")
     p.add_argument("--max_epochs", type=int, default=Limits.max_epochs, help="most epochs per training request")
     p.add_argument("--max_seeds", type=int, default=Limits.max_seeds, help="most seeds per comparison")
@@ -54,10 +55,10 @@ def parse_app_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
         print(server_parser().format_help() + "\nrun.py's flags (models, output, training defaults):\n")
         print(build_parser().format_help().split("\n\n", 1)[1])
         sys.exit(0)
-    given = {a.split("=")[0] for a in rest if a.startswith("--")}
+    given = set(vars(build_parser().parse_args(rest)))  # the run.py flags given (abbreviations resolved)
     if not given & set(MODEL_FLAGS):
         rest = ["--preset", "digits", *rest]
-    if "--output_path" not in given:
+    if "output_path" not in given:
         rest += ["--output_path", DEFAULT_OUTPUT]
     for flag in ("max_epochs", "max_seeds", "max_images", "max_queue"):
         if getattr(args, flag) < 1:
@@ -109,6 +110,13 @@ prediction (✓: the chosen class).
 DIGITS_NOTE = """**The digits world** (16 px, runs on a CPU): class *N* is the digit *N-1*; "stick" names both
 1 and 7, "loop" 0 and 6, "curl" 3 and 8. Try **2: stick** (digit 1): training and comparison take
 about a minute on 2 cores."""
+
+
+def short(model: str) -> str:
+    """A local model folder as the user would name it (digits/classifier), a hub id as it is."""
+    if os.path.isabs(model) and not os.path.relpath(model).startswith(".."):
+        return os.path.relpath(model)
+    return model
 
 
 def build_ui(jobs: Jobs):
@@ -163,7 +171,7 @@ def build_ui(jobs: Jobs):
             if role in m:
                 acc = m[role]
                 line = f"baseline {acc.get('baseline_accuracy', 0):.0%} → token {acc.get('token_accuracy', 0):.0%}"
-                lines.append(f"**{role}** ({acc.get('name', '')}): {line}")
+                lines.append(f"**{role}** ({short(acc.get('name', ''))}): {line}")
         s = m["seeds"]
         lines.append(
             f"{len(s)} seeds ({s[0]}..{s[-1]}); prompts: “{m['prompts']['baseline']}” vs “{m['prompts']['token']}”"
@@ -214,7 +222,11 @@ def build_ui(jobs: Jobs):
         names = jobs.runs()
         return gr.Dropdown(choices=names, value=run), gr.Dropdown(choices=names, value=run), gr.Tabs(selected="compare")
 
-    world = DIGITS_NOTE if cfg.preset == "digits" else f"Model: `{cfg.sd_model}`; classifier: `{cfg.classifier}`."
+    world = (
+        DIGITS_NOTE
+        if cfg.preset == "digits"
+        else f"Model `{short(cfg.sd_model)}`, classifier `{short(cfg.classifier)}`."
+    )
     with gr.Blocks(title="DisCo demo", delete_cache=(3600, 6 * 3600)) as demo:
         gr.Markdown(INTRO.format(world=world))
         with gr.Tabs() as tabs:

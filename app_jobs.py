@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from config import RunConfig
-from prompt_datasets import EVAL_TEMPLATE, class_prompt
 from run import ClassPaths, device_and_dtype, quiet_libraries, write_summary
 from utils import UsageError, class_dir_name, remove_stale_tmp, to_pil, view_scale, write_json
 
@@ -266,7 +265,3 @@ class Jobs:
         im = Image.open(image).convert("RGB") if isinstance(image, (str, Path)) else to_pil(image)
         s = view_scale(min(im.size))
         return im.resize((im.width * s, im.height * s), Image.NEAREST) if s > 1 else im
-
-    def eval_prompts(self, c: int) -> dict:
-        name, ph = self.labels[c], self.cfg.placeholder_token
-        return {"baseline": class_prompt(EVAL_TEMPLATE, "a", name), "token": class_prompt(EVAL_TEMPLATE, ph, name)}
