@@ -192,16 +192,18 @@ def build_ui(jobs: Jobs):
             return gr.update(), None
         return f"a photo of {TOKEN_WORD} {jobs.labels[c]}", str(paths.token)
 
-    def refresh():
+    def show_results(current):  # the Results tab, keeping the token folder picked if it is still there
         headers, rows = jobs.results()
         names = jobs.runs()
-        pick = dict(choices=names, value=names[0] if names else None)
-        return dict(headers=headers, data=rows), gr.Dropdown(**pick)
+        pick = current if current in names else names[0] if names else None
+        return dict(headers=headers, data=rows), gr.Dropdown(choices=names, value=pick)
 
     @page_errors
     def open_run(run):
         r = jobs.open_run(run)
-        log = [[e["epoch"] + 1, e["loss"], e["accuracy"], e.get("grad_norm")] for e in r["log"]]
+        log = [
+            [e["epoch"] + 1, *(round(e.get(k) or 0, 4) for k in ("loss", "accuracy", "grad_norm"))] for e in r["log"]
+        ]
         text = ""
         if r["summary"]:
             s = r["summary"]
@@ -213,6 +215,9 @@ def build_ui(jobs: Jobs):
                 text += f"\n\n**{role}**: baseline {acc['baseline_accuracy']:.0%} → token {acc['token_accuracy']:.0%}"
         grid = str(r["grid"]) if r["grid"] else None
         return grid, log, text or "no summary yet", [str(f) for f in r["files"]]
+
+    def show_run(run):
+        return open_run(run) if run else (None, [], "no trained token in the output folder yet", [])
 
     @page_errors
     def download(path):
@@ -288,11 +293,11 @@ def build_ui(jobs: Jobs):
                     use_seed = gr.Number(0, precision=0, label="first seed")
                     n_images = gr.Number(min(4, lim.max_images), precision=0, label=f"images (1..{lim.max_images})")
                     gen_btn = gr.Button("Generate", variant="primary")
-                use_gallery = gr.Gallery(label="images", columns=8, **gallery)
+                use_gallery = gr.Gallery(label="images", columns=8, fit_columns=False, **gallery)
                 token_file = gr.File(
                     label="learned_embeds.safetensors (any diffusers pipeline: load_textual_inversion)"
                 )
-            with gr.Tab("Results", id="results"):
+            with gr.Tab("Results", id="results") as results_tab:
                 gr.Markdown(f"The output folder `{jobs.out}`: results.csv, and each token's grid and log.")
                 refresh_btn = gr.Button("Refresh")
                 table = gr.Dataframe(label="results.csv", interactive=False)
@@ -323,18 +328,25 @@ def build_ui(jobs: Jobs):
             generate, [use_run, prompt, use_seed, n_images], [use_gallery, token_file], api_name="generate", **model
         )
         use_run.change(token_picked, use_run, [prompt, token_file], **private)
-        refresh_btn.click(refresh, None, [table, res_run], api_name="results", queue=False)
-        open_btn.click(open_run, res_run, [res_grid, res_log, res_text, res_files], api_name="open_run", queue=False)
-        res_run.change(open_run, res_run, [res_grid, res_log, res_text, res_files], **private)
+        opened = [res_grid, res_log, res_text, res_files]
+        open_btn.click(open_run, res_run, opened, api_name="open_run", queue=False)
+        res_run.input(show_run, res_run, opened, **private)
+        for event in (refresh_btn.click, results_tab.select, demo.load):  # the Results tab, up to date
+            event(show_results, res_run, [table, res_run], **private).then(show_run, res_run, opened, **private)
         use_btn.click(pick_token, res_run, [cmp_run, use_run, tabs], **private)
         dl_path.submit(download, dl_path, dl_file, api_name="download", queue=False)
-        demo.load(refresh, None, [table, res_run], **private).then(
-            token_picked, use_run, [prompt, token_file], **private
-        )
+        demo.load(token_picked, use_run, [prompt, token_file], **private)
+
+        def results() -> dict:
+            """results.csv (headers, rows) and the trained tokens ('<class dir>/<exp_id>')."""
+            headers, rows = jobs.results()
+            return dict(headers=headers, rows=rows, tokens=jobs.runs())
 
         def classes() -> list[str]:
+            """The classifier's classes, '2: stick' (1-based index: name)."""
             return jobs.class_choices()
 
+        gr.api(results, api_name="results", queue=False)
         gr.api(classes, api_name="classes", queue=False)
     return demo
 

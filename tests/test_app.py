@@ -181,9 +181,9 @@ def test_train_compare_generate_and_the_token_is_a_normal_token(client, server):
     assert len(images) == 2 and Path(download).name == "learned_embeds.safetensors"
     assert Path(download).read_bytes() == token.read_bytes()
 
-    headers_rows, runs = client.predict(api_name="/results")
-    assert runs["value"] == "2_stick/default" and ["2", "stick", "default"] == headers_rows["data"][0][:3]
-    assert headers_rows["headers"][:5] == ["class_index", "class_name", "exp_id", "baseline_accuracy", "token_accuracy"]
+    results = client.predict(api_name="/results")
+    assert results["tokens"] == ["2_stick/default"] and results["rows"][0][:3] == ["2", "stick", "default"]
+    assert results["headers"][:5] == ["class_index", "class_name", "exp_id", "baseline_accuracy", "token_accuracy"]
     grid, log, text, files = client.predict("2_stick/default", api_name="/open_run")
     assert Path(grid).name == "grid.png" and len(log["data"]) == 3 and "baseline" in text
     assert {Path(f).name for f in files} >= {"learned_embeds.safetensors", "train_log.jsonl", "metrics.json"}
