@@ -90,6 +90,10 @@ def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch):
     args, cfg = app.parse_app_args([])
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
     assert cfg.preset == "digits" and cfg.sd_model.endswith("digits/pipeline") and cfg.output_path == app.DEFAULT_OUTPUT
+    assert (
+        cfg.num_train_epochs == app.DIGITS_EPOCHS == 30 and cfg.lr == 0.06
+    )  # the page's epochs; the rest the preset's
+    assert app.parse_app_args(["--num_train_epochs", "50"])[1].num_train_epochs == 50
     assert (args.max_epochs, args.max_seeds, args.max_images) == (
         Limits.max_epochs,
         Limits.max_seeds,
@@ -97,7 +101,13 @@ def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch):
     )
     # A model flag means the user chose the models: no preset is slipped in; run.py's flags parse as in run.py.
     args, cfg = app.parse_app_args(["--sd_model", "org/model", "--lr", "0.5", "--host", "0.0.0.0", "--max_seeds", "4"])
-    assert (cfg.preset, cfg.sd_model, cfg.classifier, cfg.lr) == ("", "org/model", "inet", 0.5)
+    assert (cfg.preset, cfg.sd_model, cfg.classifier, cfg.lr, cfg.num_train_epochs) == (
+        "",
+        "org/model",
+        "inet",
+        0.5,
+        50,
+    )
     assert (args.host, args.max_seeds) == ("0.0.0.0", 4)
     monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what a Hugging Face Space sets
     assert app.parse_app_args([])[0].host == "0.0.0.0"
