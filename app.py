@@ -4,7 +4,7 @@ python app.py                                   # the digits world on http://127
 python app.py --sd_model CompVis/stable-diffusion-v1-4 --classifier inet --host 0.0.0.0   # SD 1.4, GPU
 
 Model flags are run.py's (config.py, one parser); the server's own flags are below. Every
-action is an API endpoint (/train, /stop, /compare, /generate, /results, /open_run, /classes)
+action is an API endpoint (/train, /stop, /compare, /generate, /results, /open_run, /download, /classes)
 for gradio_client. The work itself is app_jobs.py; this file is the page.
 """
 
