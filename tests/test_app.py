@@ -1,0 +1,339 @@
+"""The web demo (app.py) through its API, as a gradio_client user scripts it: the real server in
+a subprocess on the shipped digits world, a free port, its own output folder."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+import app
+from app_jobs import Limits
+from utils import UsageError
+
+LIMITS = ["--max_epochs", "5", "--max_seeds", "8", "--max_images", "3", "--max_queue", "3"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(out: Path, *args: str, timeout: float = 240) -> tuple[subprocess.Popen, str, float]:
+    """`python app.py` as a user starts it; returns the process, its URL and the seconds until the
+    page answered."""
+    port = free_port()
+    cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--output_path", str(out), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = open(out.parent / f"app_{port}.log", "w")
+    start = time.time()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    while time.time() - start < timeout:
+        assert proc.poll() is None, Path(log.name).read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return proc, url, time.time() - start
+        except OSError:
+            time.sleep(0.25)
+    proc.kill()
+    raise AssertionError(f"the page did not answer within {timeout} s: {Path(log.name).read_text()[-3000:]}")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    out.mkdir()
+    proc, url, seconds = start_app(out, *LIMITS)
+    print(f"page answered {seconds:.1f} s after start")
+    yield dict(url=url, out=out, proc=proc)
+    stop_app(proc)
+
+
+@pytest.fixture
+def client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False)
+
+
+def api_error(client, *args, api_name: str) -> str:
+    """The message a bad request gets (gradio_client raises it as AppError)."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as e:
+        client.predict(*args, api_name=api_name)
+    return str(e.value)
+
+
+# ---------------------------------------------------------------- settings, no server
+def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch):
+    monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
+    monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    args, cfg = app.parse_app_args([])
+    assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
+    assert cfg.preset == "digits" and cfg.sd_model.endswith("digits/pipeline") and cfg.output_path == app.DEFAULT_OUTPUT
+    assert (
+        cfg.num_train_epochs == app.DIGITS_EPOCHS == 30 and cfg.lr == 0.06
+    )  # the page's epochs; the rest the preset's
+    assert app.parse_app_args(["--num_train_epochs", "50"])[1].num_train_epochs == 50
+    assert (args.max_epochs, args.max_seeds, args.max_images) == (
+        Limits.max_epochs,
+        Limits.max_seeds,
+        Limits.max_images,
+    )
+    # A model flag means the user chose the models: no preset is slipped in; run.py's flags parse as in run.py.
+    args, cfg = app.parse_app_args(["--sd_model", "org/model", "--lr", "0.5", "--host", "0.0.0.0", "--max_seeds", "4"])
+    assert (cfg.preset, cfg.sd_model, cfg.classifier, cfg.lr, cfg.num_train_epochs) == (
+        "",
+        "org/model",
+        "inet",
+        0.5,
+        50,
+    )
+    assert (args.host, args.max_seeds) == ("0.0.0.0", 4)
+    monkeypatch.setenv("GRADIO_SERVER_NAME", "0.0.0.0")  # what a Hugging Face Space sets
+    assert app.parse_app_args([])[0].host == "0.0.0.0"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--max_epochs", "0"], "--max_epochs 0"), (["--lr", "0"], "--lr 0.0"), (["--preset", "x"], "--preset 'x'")],
+)
+def test_bad_server_flags_are_one_line(argv, message):
+    with pytest.raises(UsageError, match=message):
+        app.parse_app_args(argv)
+
+
+def test_bad_server_flag_exits_2_without_traceback():
+    r = subprocess.run([sys.executable, str(ROOT / "app.py"), "--max_seeds", "-1"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == "app.py: error: --max_seeds -1: must be a positive integer"
+
+
+def test_run_py_and_the_jobs_do_not_import_gradio():
+    """gradio is the demo's extra: the CLI and app_jobs work without it installed."""
+    code = "import sys; sys.modules['gradio'] = None; import run, train, evaluate, app_jobs; run.main(['--help'])"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "--sd_model" in r.stdout, r.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- the API
+def test_endpoints_are_named_after_what_they_do(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/train", "/stop", "/compare", "/generate", "/results", "/open_run", "/download", "/classes"} <= names
+    classes = client.predict(api_name="/classes")
+    assert classes[:3] == ["1: loop", "2: stick", "3: two"] and len(classes) == 10
+
+
+@pytest.mark.slow
+def test_train_compare_generate_and_the_token_is_a_normal_token(client, server):
+    classes = client.predict(api_name="/classes")
+    job = client.submit("2: stick", 3, 0.06, 35, 15, api_name="/train")
+    outputs = job.result() and job.outputs()
+    status, images, log, trained = outputs[-1]
+    assert trained == "2_stick/default"
+    assert [row[0] for row in log["data"]] == [1, 2, 3]  # epoch, loss, accuracy, grad norm, one row per epoch
+    assert sum(o[0].startswith("epoch ") for o in outputs) == 3, [o[0] for o in outputs]  # live, once per epoch
+    # The last epoch's 16 images, each captioned with the classifier's prediction (✓: the chosen class).
+    assert len(images) == 16 and all(im["caption"] in ["✓ 2: stick"] + [f"✗ {c}" for c in classes] for im in images)
+    assert status.startswith("done: 3 epochs")
+
+    # run.py's layout: a token, its config, log and summary, the training PNGs.
+    out = server["out"]
+    token_dir = out / "pipeline_token" / "2_stick" / "default"
+    token = token_dir / "learned_embeds.safetensors"
+    assert json.loads((token_dir / "train_summary.json").read_text())["epochs"] == 3
+    assert len((token_dir / "train_log.jsonl").read_text().splitlines()) == 3
+    assert json.loads((token_dir / "config.json").read_text())["num_train_epochs"] == 3
+    assert len(list((out / "img" / "2_stick" / "default" / "train").glob("e002_*.png"))) == 16
+
+    base, tok, summary, metrics = client.predict(trained, 6, api_name="/compare")
+    assert metrics["seeds"] == list(range(1000, 1006)) and metrics["class_index"] == 2
+    for role in ("classifier", "eval_classifier"):
+        assert 0 <= metrics[role]["baseline_accuracy"] <= 1 and 0 <= metrics[role]["token_accuracy"] <= 1
+    assert len(base) == len(tok) == 6
+    for shown, kind in ((base, "baseline"), (tok, "token")):  # side by side, captioned with the predictions
+        preds = metrics["classifier"][f"{kind}_predictions"]
+        assert [im["caption"] for im in shown] == [("✓ " if p == 1 else "✗ ") + classes[p] for p in preds]
+    assert f"token {metrics['classifier']['token_accuracy']:.0%}" in summary
+    assert (out / "img" / "2_stick" / "default" / "grid.png").is_file()
+    assert "2,stick,default" in (out / "results.csv").read_text()
+
+    # The token loads into a plain diffusers pipeline, as any textual-inversion file.
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(ROOT / "digits" / "pipeline"), safety_checker=None)
+    pipe.load_textual_inversion(str(token), token="<stick-1>")
+    row = pipe.tokenizer.convert_tokens_to_ids("<stick-1>")
+    saved = next(iter(load_file(str(token)).values())).reshape(-1)
+    assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[row].detach(), saved)
+
+    images, download = client.predict(trained, "a drawing of S_c stick", 5, 2, api_name="/generate")
+    assert len(images) == 2 and Path(download).name == "learned_embeds.safetensors"
+    assert Path(download).read_bytes() == token.read_bytes()
+
+    results = client.predict(api_name="/results")
+    assert results["tokens"] == ["2_stick/default"] and results["rows"][0][:3] == ["2", "stick", "default"]
+    assert results["headers"][:5] == ["class_index", "class_name", "exp_id", "baseline_accuracy", "token_accuracy"]
+    grid, log, text, files = client.predict("2_stick/default", api_name="/open_run")
+    assert Path(grid).name == "grid.png" and len(log["data"]) == 3 and "baseline" in text
+    assert {Path(f).name for f in files} >= {"learned_embeds.safetensors", "train_log.jsonl", "metrics.json"}
+
+
+@pytest.mark.slow
+def test_bad_input_is_a_message_and_the_next_call_works(client):
+    bad = [
+        (("no such class", 2, 0.06, 35, 15), "/train", "'no such class': not a class of the classifier"),
+        (("11", 2, 0.06, 35, 15), "/train", "class 11: out of range; the classifier's classes are 1..10"),
+        (("stick", 2, 0.06, 35, 15), "/train", "'stick' is ambiguous: pick 2: stick or 8: stick"),
+        (("2: stick", 0, 0.06, 35, 15), "/train", "epochs 0: must be a whole number in 1..5"),
+        (
+            ("2: stick", 6, 0.06, 35, 15),
+            "/train",
+            "epochs 6: must be a whole number in 1..5 (the server's --max_epochs)",
+        ),
+        (("2: stick", 2, -1, 35, 15), "/train", "lr -1"),
+        (("2: stick", 2, 0.06, 35, 16), "/train", "grad_steps 16: must be a whole number in 1..15"),
+        (("2_stick/default", 9), "/compare", "seeds 9: must be a whole number in 1..8 (the server's --max_seeds)"),
+        (("4_curl/default", 2), "/compare", "no trained token there"),
+        (("2_stick/default", "a photo", 0, 4), "/generate", "images 4: must be a whole number in 1..3"),
+        (("2_stick/default", "x" * 301, 0, 1), "/generate", "prompt: must be 1..300 characters"),
+    ]
+    for args, endpoint, message in bad:
+        assert message in api_error(client, *args, api_name=endpoint), (endpoint, args)
+    job = client.submit("5: four", 1, 0.06, 35, 15, api_name="/train")  # the server goes on working
+    assert job.result()[3] == "5_four/default"
+
+
+@pytest.mark.parametrize("path", ["../../etc/passwd", "/etc/passwd", "pipeline_token/../../../etc", "link/passwd"])
+def test_paths_outside_the_output_folder_are_refused(client, server, path):
+    link = server["out"] / "link"
+    if not link.exists():
+        link.symlink_to("/etc")  # a link inside the folder that leads out of it
+    for endpoint, args in [("/download", (path,)), ("/open_run", (path,)), ("/compare", (path, 2))]:
+        message = api_error(client, *args, api_name=endpoint)
+        assert "output folder" in message or "not a token folder" in message, (endpoint, message)
+        assert "root:" not in message
+
+
+def test_gradio_serves_only_the_output_folder(server):
+    """allowed_paths is the output folder: Gradio's file route refuses everything else."""
+    (server["out"] / "note.txt").write_text("inside")
+    base = server["url"] + "gradio_api/file="
+    with urllib.request.urlopen(base + str(server["out"] / "note.txt")) as r:
+        assert r.read() == b"inside"
+    for outside in ["/etc/passwd", str(ROOT / "app.py"), str(server["out"]) + "/../../../etc/passwd"]:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + outside)
+        assert e.value.code in (403, 404), outside
+
+
+@pytest.mark.slow
+def test_stop_keeps_the_best_token_so_far(client, server):
+    job = client.submit("1: loop", 5, 0.06, 35, 15, api_name="/train")
+    while not job.outputs():  # the first epoch's update
+        time.sleep(0.2)
+    client.predict(api_name="/stop")  # the same client: its own training
+    status, _, log, trained = job.result()
+    summary = json.loads((server["out"] / "pipeline_token" / "1_loop" / "default" / "train_summary.json").read_text())
+    assert summary["stop"] == "stopped by the user" and summary["epochs"] < 5 and "stopped by the user" in status
+    assert trained == "1_loop/default" and len(log["data"]) == summary["epochs"]
+
+
+@pytest.mark.slow
+def test_one_job_at_a_time_others_wait_in_a_bounded_queue(server):
+    """--max_queue 3: a training runs, the next requests wait and see their place, one more is
+    turned away with a message; the waiting ones run afterwards, one at a time."""
+    from gradio_client import Client
+    from gradio_client.utils import Status
+
+    clients = [Client(server["url"], verbose=False) for _ in range(5)]
+    # "curl" (3 or 8) trains all its epochs (an unambiguous class would stop at once, at 100% accuracy).
+    first = clients[0].submit("9: curl", 5, 0.06, 35, 15, api_name="/train")
+    while not first.outputs():
+        time.sleep(0.2)
+    waiting = [c.submit("9: curl", 1, 0.06, seed, 15, api_name="/train") for seed, c in enumerate(clients[1:4])]
+    deadline = time.time() + 10
+    while time.time() < deadline and any(w.status().code != Status.IN_QUEUE for w in waiting):
+        time.sleep(0.1)
+    ranks = [w.status() for w in waiting]
+    assert not first.done() and all(s.code == Status.IN_QUEUE for s in ranks), ranks
+    assert sorted(s.rank for s in ranks) == [0, 1, 2]  # what the page shows as "queue: 1/3" etc.
+    turned_away = clients[4].submit("9: curl", 1, 0.06, 35, 15, api_name="/train")
+    with pytest.raises(Exception, match="[Qq]ueue is full"):
+        turned_away.result()
+    assert first.result()[3] == "9_curl/default" and all(w.result()[3] == "9_curl/default" for w in waiting)
+
+
+def test_space_files_are_in_place():
+    """docs/space.md's file list exists, and the Space README's front matter runs app.py with gradio
+    at the version CI pins."""
+    doc = (ROOT / "docs" / "space.md").read_text()
+    block = doc.split("<!-- space-files -->")[1].split("<!-- /space-files -->")[0]
+    files = re.findall(r"^\| `([^`]+)` \|", block, flags=re.M)
+    assert len(files) >= 10 and "app.py" in files and "requirements.txt" in files
+    assert [f for f in files if not (ROOT / f).exists()] == []
+    readme = (ROOT / "docs" / "space" / "README.md").read_text()
+    front = dict(re.findall(r"^(\w+): *\"?([^\"\n]*)\"?$", readme.split("---")[1], flags=re.M))
+    pinned = re.search(r"^gradio==(\S+)$", (ROOT / ".ci" / "constraints.txt").read_text(), flags=re.M)[1]
+    assert (front["sdk"], front["app_file"], front["sdk_version"]) == ("gradio", "app.py", pinned)
+    assert (ROOT / front["app_file"]).is_file() and front["python_version"] == "3.11"
+
+
+def test_unexpected_failures_are_one_line_in_the_page(capsys):
+    import gradio as gr
+
+    @app.page_errors
+    def broken():
+        raise ValueError("boom")
+
+    @app.page_errors
+    def streaming():
+        yield 1
+        raise UsageError("epochs 0: must be a whole number in 1..5")
+
+    with pytest.raises(gr.Error) as e:
+        broken()
+    assert e.value.message == "internal error (ValueError: boom); the server log has the details"
+    assert "Traceback" in capsys.readouterr().err  # the details go to the server's log, not the page
+    with pytest.raises(gr.Error) as e:
+        list(streaming())
+    assert e.value.message == "epochs 0: must be a whole number in 1..5"
+
+
+@pytest.mark.slow
+def test_a_closed_request_stops_its_training(tmp_path):
+    """The page closed mid-training (Gradio closes the request's generator): the training thread
+    stops after its epoch, keeps the best token, and frees the models for the next job."""
+    import threading
+
+    from app_jobs import Jobs
+    from config import parse_args
+
+    jobs = Jobs(parse_args(["--preset", "digits", "--output_path", str(tmp_path)]), Limits())
+    events = jobs.train("1: loop", 5, 0.06, 35, 15, threading.Event())
+    assert next(events)["entry"]["epoch"] == 0
+    events.close()
+    assert jobs.lock.acquire(timeout=120)
+    summary = json.loads((tmp_path / "pipeline_token" / "1_loop" / "default" / "train_summary.json").read_text())
+    assert summary["stop"] == "stopped by the user" and summary["epochs"] <= 2
+    assert (tmp_path / "pipeline_token" / "1_loop" / "default" / "learned_embeds.safetensors").is_file()
