@@ -16,6 +16,7 @@ from conftest import ROOT
 
 import app
 from app_jobs import Limits
+from config import PRESETS
 from utils import UsageError
 
 LIMITS = ["--max_epochs", "5", "--max_seeds", "8", "--max_images", "3", "--max_queue", "3"]
@@ -165,7 +166,8 @@ def test_train_compare_generate_and_the_token_is_a_normal_token(client, server):
     assert len(list((out / "img" / "2_stick" / "default" / "train").glob("e002_*.png"))) == 16
 
     base, tok, summary, metrics = client.predict(trained, 6, api_name="/compare")
-    assert metrics["seeds"] == list(range(1000, 1006)) and metrics["class_index"] == 2
+    first = PRESETS["digits"]["eval_seed"]  # the preset's evaluation seeds (the test range)
+    assert metrics["seeds"] == list(range(first, first + 6)) and metrics["class_index"] == 2
     for role in ("classifier", "eval_classifier"):
         assert 0 <= metrics[role]["baseline_accuracy"] <= 1 and 0 <= metrics[role]["token_accuracy"] <= 1
     assert len(base) == len(tok) == 6
