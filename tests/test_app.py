@@ -17,6 +17,7 @@ from conftest import ROOT
 import app
 from app_jobs import Limits
 from config import PRESETS
+from run import SUMMARY_FIELDS
 from utils import UsageError
 
 LIMITS = ["--max_epochs", "5", "--max_seeds", "8", "--max_images", "3", "--max_queue", "3"]
@@ -195,7 +196,7 @@ def test_train_compare_generate_and_the_token_is_a_normal_token(client, server):
 
     results = client.predict(api_name="/results")
     assert results["tokens"] == ["2_stick/default"] and results["rows"][0][:3] == ["2", "stick", "default"]
-    assert results["headers"][:5] == ["class_index", "class_name", "exp_id", "baseline_accuracy", "token_accuracy"]
+    assert results["headers"] == [f for f in SUMMARY_FIELDS if f != "token_path"]  # results.csv, paths as run names
     grid, log, text, files = client.predict("2_stick/default", api_name="/open_run")
     assert Path(grid).name == "grid.png" and len(log["data"]) == 3 and "baseline" in text
     assert {Path(f).name for f in files} >= {"learned_embeds.safetensors", "train_log.jsonl", "metrics.json"}
