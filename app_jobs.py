@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from config import RunConfig
-from run import ClassPaths, device_and_dtype, quiet_libraries, write_summary
+from run import ClassPaths, device_and_dtype, load_classifiers, load_diffusion, quiet_libraries, write_summary
 from utils import UsageError, class_dir_name, remove_stale_tmp, to_pil, view_scale, write_json
 
 TOKEN_WORD = "S_c"  # what a user types for the trained token in a free prompt
@@ -42,23 +42,13 @@ class Jobs:
     def __init__(self, cfg: RunConfig, limits: Limits):
         from accelerate import PartialState
 
-        from classifiers import load_classifier
-        from diffusion import configure, load_sd
-
         quiet_libraries()
         self.cfg, self.limits = cfg, limits
         state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
         self.device, dtype = device_and_dtype(cfg, state)
-        self.classifiers = {"classifier": load_classifier(cfg.classifier, cfg.classifier_pooling)}
-        if cfg.eval_classifier:
-            self.classifiers["eval_classifier"] = load_classifier(cfg.eval_classifier, "auto")
-        for clf in self.classifiers.values():
-            clf.to(self.device, dtype)
+        self.classifiers = load_classifiers(cfg)  # as run.py: same checks, one loader
         self.labels = self.classifiers["classifier"].labels
-        self.sd = load_sd(
-            cfg.sd_model, self.device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token
-        )
-        configure(self.sd, cfg.gradient_checkpointing, cfg.compile)
+        self.sd = load_diffusion(cfg, self.classifiers, self.device, dtype)
         self.out = Path(cfg.output_path).resolve()
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()

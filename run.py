@@ -92,8 +92,6 @@ def device_and_dtype(cfg: RunConfig, state) -> tuple[torch.device, torch.dtype]:
 def run(cfg: RunConfig) -> int:
     from accelerate import PartialState
 
-    from classifiers import check_same_classes, load_classifier
-    from diffusion import configure, load_sd
     from evaluate import check_fid_references, evaluate_class, generate_dataset
     from train import train_class
 
@@ -101,13 +99,7 @@ def run(cfg: RunConfig) -> int:
     # cpu=True also when no GPU exists, so that launched processes form a CPU (gloo) group.
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     device, dtype = device_and_dtype(cfg, state)
-    classifiers = {"classifier": load_classifier(cfg.classifier, cfg.classifier_pooling)}
-    if cfg.eval_classifier:
-        classifiers["eval_classifier"] = load_classifier(cfg.eval_classifier, "auto", flag="eval_classifier")
-        check_same_classes(classifiers["classifier"], classifiers["eval_classifier"])
-    notes = [n for clf in classifiers.values() for n in clf.notes] if state.is_main_process else []
-    for note in notes:
-        print(f"run.py: note: {note}", file=sys.stderr)
+    classifiers = load_classifiers(cfg, state.is_main_process)
     labels = classifiers["classifier"].labels
     classes = resolve_classes(cfg, labels)
     if not cfg.train:
@@ -116,10 +108,7 @@ def run(cfg: RunConfig) -> int:
             if not paths.token.exists():
                 raise UsageError(f"--train False: class {c + 1} ({labels[c]}) has no trained token at {paths.token}")
     check_fid_references(cfg, classes, labels)
-    for clf in classifiers.values():
-        clf.to(device, dtype)
-    sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
-    configure(sd, cfg.gradient_checkpointing, cfg.compile)
+    sd = load_diffusion(cfg, classifiers, device, dtype)
 
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
     hide = len(mine) < 2 or not state.is_main_process  # an explicit disable= overrides TQDM_DISABLE
@@ -149,6 +138,31 @@ def run(cfg: RunConfig) -> int:
         print(format_table(rows))
         print(f"images: {Path(cfg.output_path) / 'img'}   tokens: {Path(cfg.output_path) / 'pipeline_token'}")
     return 0
+
+
+def load_classifiers(cfg: RunConfig, say_notes: bool = True) -> dict:
+    """The classifier (and the second judge, which must have the same classes), on the CPU: cheap
+    checks that need their labels run before the diffusion model loads."""
+    from classifiers import check_same_classes, load_classifier
+
+    classifiers = {"classifier": load_classifier(cfg.classifier, cfg.classifier_pooling)}
+    if cfg.eval_classifier:
+        classifiers["eval_classifier"] = load_classifier(cfg.eval_classifier, "auto", flag="eval_classifier")
+        check_same_classes(classifiers["classifier"], classifiers["eval_classifier"])
+    for note in [n for clf in classifiers.values() for n in clf.notes] if say_notes else []:
+        print(f"run.py: note: {note}", file=sys.stderr)
+    return classifiers
+
+
+def load_diffusion(cfg: RunConfig, classifiers: dict, device: torch.device, dtype: torch.dtype):
+    """Classifiers onto the device; the diffusion model with S_c, in the run's settings."""
+    from diffusion import configure, load_sd
+
+    for clf in classifiers.values():
+        clf.to(device, dtype)
+    sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
+    configure(sd, cfg.gradient_checkpointing, cfg.compile)
+    return sd
 
 
 def quiet_libraries() -> None:
