@@ -61,6 +61,7 @@ class RunConfig:
     eval_classifier: str = ""  # a second classifier that judges evaluation too (empty: only `classifier`)
     placeholder_token: str = "newclas"  # the new token S_c
     initializer_token: str = "a"  # S_c starts from this token's embedding
+    init_from_class_name: bool = False  # start S_c from the mean embedding of the class name's tokens instead
     # --- training (REFERENCE.md section 2) ---
     num_train_epochs: int = 50  # at most this many epochs, one optimizer step each
     epoch_size: int = 5  # images per epoch; the same epoch_size starting noises every epoch

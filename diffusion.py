@@ -109,6 +109,15 @@ def set_token(sd: SD, value: torch.Tensor) -> None:
         sd.text_encoder.get_input_embeddings().weight[sd.token_id] = value.to(sd.text_encoder.dtype)
 
 
+def word_embedding(sd: SD, text: str) -> torch.Tensor:
+    """The mean input embedding of `text`'s tokens ("tiger cat": two rows), fp32."""
+    ids = sd.tokenizer.encode(text, add_special_tokens=False)
+    if not ids or sd.token_id in ids:
+        raise UsageError(f"cannot start S_c from {text!r}: it has no tokens of its own")
+    with torch.no_grad():
+        return sd.text_encoder.get_input_embeddings().weight[ids].float().mean(0)
+
+
 def encode(sd: SD, prompts: list[str]) -> torch.Tensor:
     """Prompt embeddings, padded to the tokenizer's max length as generation pads them (the
     original padded training prompts to the batch's longest: REFERENCE.md section 4)."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from diffusion import checkpointing_mode, decode, denoise, encode, initial_noise, set_token
+from diffusion import checkpointing_mode, decode, denoise, encode, initial_noise, set_token, word_embedding
 from prompt_datasets import PromptDataset
 from utils import atomic_path, save_image, write_text
 
@@ -118,7 +118,7 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
     `on_epoch(entry, images)`, if given, is called after each epoch with its log entry and its
     images ([N, 3, H, W] in [0, 1]); returning True stops training (the kept token is as below)."""
     start = time.time()
-    set_token(sd, sd.init_embedding)
+    set_token(sd, word_embedding(sd, name) if cfg.init_from_class_name else sd.init_embedding)
     opt = torch.optim.AdamW([sd.token], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
     scaler = make_scaler(sd, cfg)
     prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)

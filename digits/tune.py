@@ -36,6 +36,24 @@ CANDIDATES = {
     "fresh_best_lr02_ep100": BEST + LONG + ["--lr", "0.02"],
     "fresh_best_e32": BEST + ["--epoch_size", "32"],
     "fresh_best_p1_ep100": BEST + LONG + ["--number_of_prompts", "1"],
+    # S_c starts from the class word's embedding instead of "a": the token then sits where the
+    # UNet listens (its first gradient is 25x larger on "curl" -> 8).
+    "word_init": FIXED + ["--init_from_class_name", "True"],
+    "word_init_lr02": FIXED + ["--init_from_class_name", "True", "--lr", "0.02"],
+    "word_init_fresh": FRESH + ["--init_from_class_name", "True"],
+    "word_init_fresh_lr02": FRESH + ["--init_from_class_name", "True", "--lr", "0.02"],
+    # The paper's lr is about 9% of an SD 1.4 embedding's per-coordinate RMS (0.00125 / 0.0144);
+    # here a word's RMS is 0.064, so the same ratio is lr 0.0055; lr 0.06 moved S_c by a whole
+    # word per step. keep best_epoch: a single bad step after the best epoch wrecked the kept token.
+    "word_lr01_best": FIXED[:2] + ["--keep", "best_epoch", "--init_from_class_name", "True", "--lr", "0.01"],
+    "word_lr01_best_fresh": FRESH[:2] + ["--keep", "best_epoch", "--init_from_class_name", "True", "--lr", "0.01"],
+    "word_lr01_best_e32": FIXED[:2]
+    + ["--keep", "best_epoch", "--init_from_class_name", "True", "--lr", "0.01"]
+    + ["--epoch_size", "32"],
+    "word_lr01_best_g3": FIXED[:2]
+    + ["--keep", "best_epoch", "--init_from_class_name", "True", "--lr", "0.01"]
+    + ["--grad_steps", "3"],
+    "word_lr005_best": FIXED[:2] + ["--keep", "best_epoch", "--init_from_class_name", "True", "--lr", "0.005"],
 }
 
 

@@ -153,3 +153,17 @@ def test_scaler_is_the_originals_in_fp16_and_off_otherwise(setup):
     scaler = make_scaler(sd, cfg)
     assert scaler.is_enabled() and scaler.get_scale() == 2.0**16 == cfg.loss_scale
     assert scaler.get_growth_interval() == 2000 and scaler.get_backoff_factor() == 0.5
+
+
+@pytest.mark.parametrize("from_name", [False, True])
+def test_token_starts_from_the_initializer_or_the_class_names_mean_embedding(setup, from_name):
+    """--init_from_class_name (issue #10): S_c starts from the mean of the class name's token rows
+    ("tiger cat": two rows); by default from --initializer_token "a". An accuracy stop at epoch 0
+    keeps the token that drew it, the starting one."""
+    cfg, sd, paths = setup
+    cfg.init_from_class_name = from_name
+    train_class(cfg, sd, Scripted([3.0]), TARGET, "tiger cat", paths)
+    rows = sd.text_encoder.get_input_embeddings().weight
+    ids = sd.tokenizer.encode("tiger cat" if from_name else "a", add_special_tokens=False)
+    assert len(ids) == (2 if from_name else 1)
+    assert torch.allclose(load_file(paths.token)["newclas"], rows[ids].mean(0))
