@@ -194,6 +194,11 @@ def _prep_from_processor(proc, model_id: str) -> Preprocess:
     size = proc.size
     resize = size.get("shortest_edge") or (size["height"], size["width"])
     crop = (proc.crop_size["height"], proc.crop_size["width"]) if getattr(proc, "do_center_crop", False) else None
+    crop_pct = getattr(proc, "crop_pct", None)
+    if crop_pct and isinstance(resize, int):
+        # ConvNeXt's processor: below 384 px the shorter side goes to shortest_edge / crop_pct, then a
+        # square center crop of shortest_edge; from 384 on a plain warp to a square.
+        resize, crop = (int(resize / crop_pct), (resize, resize)) if resize < 384 else ((resize, resize), None)
     resample = getattr(proc, "resample", None)  # PIL's codes; 0 (nearest) is a value, not a missing one
     mode = _RESAMPLE.get(2 if resample is None else int(resample), "bilinear")
     return Preprocess(resize, crop, tuple(proc.image_mean), tuple(proc.image_std), mode, mode in _SMOOTH)
