@@ -118,13 +118,15 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
     `on_epoch(entry, images)`, if given, is called after each epoch with its log entry and its
     images ([N, 3, H, W] in [0, 1]); returning True stops training (the kept token is as below)."""
     start = time.time()
-    set_token(sd, word_embedding(sd, name) if cfg.init_from_class_name else sd.init_embedding)
+    init = word_embedding(sd, name) if cfg.init_from_class_name else sd.init_embedding
+    set_token(sd, init)
     opt = torch.optim.AdamW([sd.token], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
     scaler = make_scaler(sd, cfg)
     prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)
     bs = micro_batch_size(cfg, sd.device)
     best_loss, kept, kept_epoch = math.inf, sd.token.detach().clone(), None
     noise_seed, since_best, bad_in_row = cfg.seed, 0, 0
+    restart = dict(epoch=0, accuracies=[])  # the current (re)start's first epoch and its accuracies
     log, stop = [], "num_train_epochs"
     bar = tqdm(range(cfg.num_train_epochs), desc=paths.dir_name, leave=False, dynamic_ncols=True)
     for epoch in bar:
@@ -173,6 +175,15 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
                 kept, kept_epoch = token_before, epoch
                 stop = f"accuracy {accuracy:.2f} > {cfg.accuracy_stop}"
                 break
+            restart["accuracies"].append(accuracy)
+            if _on_plateau(restart["accuracies"], cfg.restart_after):
+                # Not an original rule (README: differences): the token never beat its first epoch's
+                # accuracy on these noises; start again from the initializer with new noises.
+                set_token(sd, init)
+                opt = torch.optim.AdamW(
+                    [sd.token], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps
+                )
+                noise_seed, restart = noise_seed + 1, dict(epoch=epoch + 1, accuracies=[])
         if since_best > cfg.early_stopping:  # the original stops when its counter drops below zero
             stop = f"no loss improvement for {since_best} epochs"
             break
@@ -188,6 +199,11 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
     )
     summary |= dict(nonfinite_skipped=sum(e["skipped"] for e in log), zero_grad_epochs=sum(e["zero_grad"] for e in log))
     return summary | dict(micro_batch_size=bs, seconds=round(time.time() - start, 2))
+
+
+def _on_plateau(accuracies: list[float], after: int) -> bool:
+    """`after` epochs (0: never) and the training accuracy never rose above the first one's."""
+    return after > 0 and len(accuracies) >= after and max(accuracies) <= accuracies[0]
 
 
 def _keep_and_save(images: list, save, start: int, batch: torch.Tensor, preds: list[int]) -> None:

@@ -167,3 +167,27 @@ def test_token_starts_from_the_initializer_or_the_class_names_mean_embedding(set
     ids = sd.tokenizer.encode("tiger cat" if from_name else "a", add_special_tokens=False)
     assert len(ids) == (2 if from_name else 1)
     assert torch.allclose(load_file(paths.token)["newclas"], rows[ids].mean(0))
+
+
+def test_restart_after_a_plateau_resets_the_token_and_draws_new_noises(setup):
+    """--restart_after N (issue #10, not an original rule): N epochs whose training accuracy never
+    rose above the first's -> S_c back to its start, new noises (seed + 1), a new optimizer."""
+    cfg, sd, paths = setup
+    cfg.restart_after, cfg.early_stopping, cfg.num_train_epochs = 3, 50, 7
+    used = []  # the token each epoch's images were drawn with
+
+    class Recording(Scripted):
+        def __call__(self, images):
+            used.append(sd.token.detach().clone())
+            return super().__call__(images)
+
+    train_class(cfg, sd, Recording([-1.0] * 7), TARGET, "target", paths)  # accuracy 0 every epoch
+    log = [json.loads(line) for line in paths.log.read_text().splitlines()]
+    assert [e["noise_seed"] for e in log] == [35, 35, 35, 36, 36, 36, 37]
+    assert [e for e, t in enumerate(used) if torch.equal(t, sd.init_embedding)] == [0, 3, 6]
+    cfg.accuracy_stop, cfg.reseed_on_collapse = 1.0, False  # 100% does not stop; no collapse re-seeding
+    _, log, _, _ = run_scripted(cfg, sd, paths, [-1.0, 1.0] + [-1.0] * 5)  # rose at epoch 1: no plateau
+    assert {e["noise_seed"] for e in log} == {35}
+    cfg.restart_after = 0  # off: the original
+    _, log, _, _ = run_scripted(cfg, sd, paths, [-1.0] * 7)
+    assert {e["noise_seed"] for e in log} == {35}
