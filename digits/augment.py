@@ -70,16 +70,51 @@ def draw(y: np.ndarray, k: int, seed: int, pool: np.ndarray | None = None) -> np
     return np.concatenate([rng.choice(pool[y[pool] == c], k, replace=False) for c in np.unique(y[pool])])
 
 
-def fit_and_score(x, y, x_test, y_test, digits: list[int]) -> tuple[float, float]:
+def fit_and_score(x, y, x_test, y_test, digits: list[int], model: str = "logreg", seed: int = 0):
     """(accuracy on all test digits, accuracy on the test digits in `digits`)."""
-    from sklearn.linear_model import LogisticRegression
+    if model == "cnn":
+        predicted = cnn_predict(x, y, x_test, seed)
+    else:
+        from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x, y)
-    hit = clf.predict(x_test) == y_test
+        predicted = LogisticRegression(max_iter=2000, class_weight="balanced").fit(x, y).predict(x_test)
+    hit = predicted == y_test
     return float(hit.mean()), float(hit[np.isin(y_test, digits)].mean())
 
 
-def experiment(x_train, y_train, x_test, y_test, generated: dict, ks=(2, 5, 10), seeds=range(10)) -> list[dict]:
+CNN_STEPS = 300  # Adam steps per CNN fit
+
+
+def cnn_predict(x, y, x_test, seed: int) -> np.ndarray:
+    """A small CNN (two 3x3 conv layers, 16 and 32 channels, max-pooling, a linear head) trained from
+    scratch with Adam (lr 3e-3, full batch, CNN_STEPS steps) and class-balanced cross-entropy, as the
+    logistic regression's class_weight="balanced"; seeded, so every condition starts from the same weights."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    side = int(round(x.shape[1] ** 0.5))
+    net = nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * (side // 4) ** 2, 10),
+    )  # fmt: skip
+    xt = torch.tensor(x, dtype=torch.float32).view(-1, 1, side, side)
+    yt = torch.tensor(y, dtype=torch.long)
+    counts = torch.bincount(yt, minlength=10).float()
+    weight = torch.where(counts > 0, len(yt) / (10 * counts.clamp(min=1)), torch.zeros(()))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for _ in range(CNN_STEPS):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(xt), yt, weight=weight).backward()
+        opt.step()
+    with torch.no_grad():
+        return net(torch.tensor(x_test, dtype=torch.float32).view(-1, 1, side, side)).argmax(1).numpy()
+
+
+def experiment(
+    x_train, y_train, x_test, y_test, generated: dict, ks=(2, 5, 10), seeds=range(10), model: str = "logreg"
+) -> list[dict]:
     """One record per (k, seed, condition): accuracy of a classifier trained on k real images per digit plus
     the condition's images of each generated class, labelled as the class's digit ("real": as many other
     real train images of those digits, the ceiling of what augmentation could give)."""
@@ -99,7 +134,7 @@ def experiment(x_train, y_train, x_test, y_test, generated: dict, ks=(2, 5, 10),
             for cond in CONDITIONS:
                 x = np.concatenate([x_train[idx], extra[cond][0]])
                 y = np.concatenate([y_train[idx], extra[cond][1]])
-                acc, acc_amb = fit_and_score(x, y, x_test, y_test, digits)
+                acc, acc_amb = fit_and_score(x, y, x_test, y_test, digits, model, seed)
                 records.append(dict(k=k, seed=seed, condition=cond, accuracy=acc, ambiguous_accuracy=acc_amb))
     return records
 
@@ -147,7 +182,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--k", type=int, nargs="+", default=[2, 5, 10], help="real train-split images per digit")
     ap.add_argument("--seeds", type=int, default=20, help="draws of the real images (seeds 0..N-1)")
     ap.add_argument("--n", type=int, default=0, help="generated images per class and prompt (0: all there)")
-    ap.add_argument("--json", default="", help="where to write the table as JSON (default <run>/augment.json)")
+    ap.add_argument("--model", choices=["logreg", "cnn"], default="logreg", help="the classifier trained")
+    ap.add_argument("--json", default="", help="where to write the table as JSON (default <run>/augment[_cnn].json)")
     args = ap.parse_args(argv)
     from digits.data import load_split
     from utils import write_json
@@ -157,17 +193,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     generated = load_generated(run, args.n)
     x_train, y_train, x_test, y_test = (np.asarray(a) for a in load_split())
     x_train, x_test = pixels(x_train), pixels(x_test)
-    records = experiment(x_train, y_train, x_test, y_test, generated, args.k, range(args.seeds))
+    records = experiment(x_train, y_train, x_test, y_test, generated, args.k, range(args.seeds), args.model)
     rows = summarize(records)
     n = len(next(iter(generated["token"].values())))
     seconds = time.perf_counter() - start
     classes = ", ".join(str(d + 1) for d in sorted(generated["token"]))
-    print(f"classes {classes}; {args.seeds} seeds; mean [95% t interval] in %; {seconds:.0f} s\n")
+    print(f"{args.model}; classes {classes}; {args.seeds} seeds; mean [95% t interval] in %; {seconds:.0f} s\n")
     print(table(rows, n))
-    out = Path(args.json or run / "augment.json")
+    out = Path(args.json or run / ("augment.json" if args.model == "logreg" else f"augment_{args.model}.json"))
     write_json(
         out,
         dict(
+            model=args.model,
             classes=sorted(d + 1 for d in generated["token"]),
             n_generated=n,
             seconds=seconds,

@@ -102,8 +102,12 @@ def blobs(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.normal(size=(len(y), 16)) + 1.5 * np.eye(16)[y], y
 
 
-def test_augmentation_helps_with_good_images_and_not_with_mislabelled_ones():
+@pytest.mark.parametrize("model", ["logreg", "cnn"])
+def test_augmentation_helps_with_good_images_and_not_with_mislabelled_ones(model, monkeypatch):
+    from digits import augment
     from digits.augment import experiment, summarize, table
+
+    monkeypatch.setattr(augment, "CNN_STEPS", 60)  # enough for these blobs; seconds, not a minute
 
     x_train, y_train = blobs(20, 0)
     x_test, y_test = blobs(50, 1)
@@ -112,7 +116,8 @@ def test_augmentation_helps_with_good_images_and_not_with_mislabelled_ones():
     # the same images labelled 1 for class 1 and 7 for class 7
     token, base = {1: one, 7: seven}, {1: np.concatenate([one[:20], seven[:20]])}
     base[7] = base[1]
-    records = experiment(x_train, y_train, x_test, y_test, dict(token=token, baseline=base), ks=(1,), seeds=range(8))
+    generated = dict(token=token, baseline=base)
+    records = experiment(x_train, y_train, x_test, y_test, generated, ks=(1,), seeds=range(8), model=model)
     assert len(records) == 32 and {r["condition"] for r in records} == {"none", "baseline", "token", "real"}
     rows = {r["condition"]: r for r in summarize(records)}
     gain = rows["token - baseline"]["ambiguous_accuracy"]
