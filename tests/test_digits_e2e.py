@@ -24,14 +24,14 @@ def demo(tmp_path, class_index: int, *extra: str) -> tuple[dict, float]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("class_index", [2, 1])  # digit 1 "stick" (the quick-start demo), digit 0 "loop"
+@pytest.mark.parametrize("class_index", [2])  # digit 1 "stick", the quick-start demo (100 epochs: ~2 min)
 def test_token_beats_the_ambiguous_word(tmp_path, class_index):
     m, seconds = demo(tmp_path, class_index)
     judge = m["eval_classifier"]  # not the classifier the token was trained against
     assert m["seeds"] == list(range(TEST_SEED, TEST_SEED + 100))  # test seeds: never trained or tuned on
     gain = judge["token_accuracy"] - judge["baseline_accuracy"]
     print(f"class {class_index}: {judge['baseline_accuracy']:.0%} -> {judge['token_accuracy']:.0%} in {seconds:.0f} s")
-    # Measured with the default training seed: 53% -> 78% and 46% -> 71% (docs/digits.md), the same with 1 and
-    # 2 threads. Other training seeds gain less ("stick" +4 with seed 36): this checks the default run.
+    # Measured with the default training seed: 53% -> 78% (docs/digits.md), the same with 1 and 2 threads.
+    # Other training seeds gain less ("stick" +4 with seed 36): this checks the default run.
     assert gain >= 0.15, judge
     assert (tmp_path / "img" / m["class_name"].join([f"{class_index}_", ""]) / "default" / "grid.png").is_file()
