@@ -120,13 +120,13 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
     start = time.time()
     init = word_embedding(sd, name) if cfg.init_from_class_name else sd.init_embedding
     set_token(sd, init)
-    opt = torch.optim.AdamW([sd.token], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
-    scaler = make_scaler(sd, cfg)
+    adamw = partial(torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
+    opt, scaler = adamw([sd.token]), make_scaler(sd, cfg)
     prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)
     bs = micro_batch_size(cfg, sd.device)
     best_loss, kept, kept_epoch = math.inf, sd.token.detach().clone(), None
     noise_seed, since_best, bad_in_row = cfg.seed, 0, 0
-    restart = dict(epoch=0, accuracies=[])  # the current (re)start's first epoch and its accuracies
+    accuracies = []  # training accuracies since the (re)start
     log, stop = [], "num_train_epochs"
     bar = tqdm(range(cfg.num_train_epochs), desc=paths.dir_name, leave=False, dynamic_ncols=True)
     for epoch in bar:
@@ -175,15 +175,12 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
                 kept, kept_epoch = token_before, epoch
                 stop = f"accuracy {accuracy:.2f} > {cfg.accuracy_stop}"
                 break
-            restart["accuracies"].append(accuracy)
-            if _on_plateau(restart["accuracies"], cfg.restart_after):
+            accuracies.append(accuracy)
+            if _on_plateau(accuracies, cfg.restart_after):
                 # Not an original rule (README: differences): the token never beat its first epoch's
                 # accuracy on these noises; start again from the initializer with new noises.
                 set_token(sd, init)
-                opt = torch.optim.AdamW(
-                    [sd.token], lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps
-                )
-                noise_seed, restart = noise_seed + 1, dict(epoch=epoch + 1, accuracies=[])
+                opt, noise_seed, accuracies = adamw([sd.token]), noise_seed + 1, []
         if since_best > cfg.early_stopping:  # the original stops when its counter drops below zero
             stop = f"no loss improvement for {since_best} epochs"
             break
