@@ -18,8 +18,16 @@ from pathlib import Path
 import torch
 
 from config import RunConfig
-from run import ClassPaths, device_and_dtype, load_classifiers, load_diffusion, quiet_libraries, write_summary
-from utils import UsageError, class_dir_name, remove_stale_tmp, to_pil, view_scale, write_json
+from run import (
+    ClassPaths,
+    device_and_dtype,
+    load_classifiers,
+    load_diffusion,
+    quiet_libraries,
+    train_and_record,
+    write_summary,
+)
+from utils import UsageError, class_dir_name, remove_stale_tmp, to_pil, view_scale
 
 TOKEN_WORD = "S_c"  # what a user types for the trained token in a free prompt
 
@@ -127,8 +135,6 @@ class Jobs:
         """train_class in a thread; yields {"entry", "images"} after every epoch and finally
         {"summary", "run"}. `stop` set (the Stop button, or the page closed) ends training after
         the current epoch with the best token so far."""
-        from train import train_class
-
         c = self.parse_class(class_text)
         cfg = self.train_config(c, epochs, lr, seed, grad_steps)
         name, paths = self.labels[c], ClassPaths.of(cfg, c, self.labels[c])
@@ -143,9 +149,8 @@ class Jobs:
                 with self.lock:
                     remove_stale_tmp(paths.token_dir, paths.img_dir)
                     paths.metrics.unlink(missing_ok=True)  # it described the previous token
-                    write_json(paths.config, cfg.to_dict())
-                    summary = train_class(cfg, self.sd, self.classifiers["classifier"], c, name, paths, on_epoch)
-                    write_json(paths.train_summary, summary | {"process": 0})
+                    clf = self.classifiers["classifier"]
+                    summary = train_and_record(cfg, self.sd, clf, c, name, paths, 0, on_epoch)
                     write_summary(cfg, [c], self.labels)
                 events.put(dict(summary=summary, run=self.run_name(paths)))
             except BaseException as e:  # handed to the request that started it

@@ -29,7 +29,7 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 # neither training nor the choice of settings saw:
 # - training noises: one generator seeded with `seed` (default 35) draws an epoch's noises; after a loss
 #   jump the original re-seeds with seed + 1 (REFERENCE.md section 2), so training stays within
-#   seed .. seed + ~100, below VALIDATION_SEED;
+#   seed .. seed + ~200 (fresh noises add the epoch, re-seeds and restarts add one each), below VALIDATION_SEED;
 # - validation: eval_seed = VALIDATION_SEED, .. + test_size - 1: the only seeds used to choose settings (the
 #   digits preset's values were chosen on 1000..1099);
 # - test: eval_seed = TEST_SEED, ..: only for reporting; the digits preset evaluates here. (10000..10099

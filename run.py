@@ -93,7 +93,6 @@ def run(cfg: RunConfig) -> int:
     from accelerate import PartialState
 
     from evaluate import check_fid_references, evaluate_class, generate_dataset
-    from train import train_class
 
     quiet_libraries()
     # cpu=True also when no GPU exists, so that launched processes form a CPU (gloo) group.
@@ -119,9 +118,7 @@ def run(cfg: RunConfig) -> int:
         if cfg.skip_exists and done:
             continue
         if cfg.train:
-            write_json(paths.config, cfg.to_dict())
-            summary = train_class(cfg, sd, classifiers["classifier"], c, labels[c], paths)
-            write_json(paths.train_summary, summary | {"process": state.process_index})
+            train_and_record(cfg, sd, classifiers["classifier"], c, labels[c], paths, state.process_index)
         if cfg.evaluate:
             m = evaluate_class(cfg, sd, classifiers, c, labels[c], paths)
             tqdm.write(report_line(m))
@@ -138,6 +135,16 @@ def run(cfg: RunConfig) -> int:
         print(format_table(rows))
         print(f"images: {Path(cfg.output_path) / 'img'}   tokens: {Path(cfg.output_path) / 'pipeline_token'}")
     return 0
+
+
+def train_and_record(cfg: RunConfig, sd, clf, c: int, name: str, paths: "ClassPaths", process: int, on_epoch=None):
+    """train_class with its files: the run's config.json before, train_summary.json after."""
+    from train import train_class
+
+    write_json(paths.config, cfg.to_dict())
+    summary = train_class(cfg, sd, clf, c, name, paths, on_epoch)
+    write_json(paths.train_summary, summary | {"process": process})
+    return summary
 
 
 def load_classifiers(cfg: RunConfig, say_notes: bool = True) -> dict:
