@@ -18,16 +18,9 @@ from pathlib import Path
 import torch
 
 from config import RunConfig
-from run import (
-    ClassPaths,
-    device_and_dtype,
-    load_classifiers,
-    load_diffusion,
-    quiet_libraries,
-    train_and_record,
-    write_summary,
-)
+from report import write_summary
 from utils import UsageError, class_dir_name, remove_stale_tmp, to_pil, view_scale
+from workspace import ClassPaths, device_and_dtype, load_classifiers, load_diffusion, quiet_libraries, train_and_record
 
 TOKEN_WORD = "S_c"  # what a user types for the trained token in a free prompt
 

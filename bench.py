@@ -26,8 +26,8 @@ from classifiers import PRESETS, Classifier, Preprocess
 from config import RunConfig
 from diffusion import configure, generate, initial_noise, load_sd
 from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
-from run import ClassPaths, device_and_dtype, quiet_libraries
 from train import epoch_gradient, make_scaler, micro_batch_size, train_class
+from workspace import ClassPaths, device_and_dtype, quiet_libraries
 
 CLASS_NAME, TARGET = "tiger cat", 282  # REFERENCE.md section 2's example class (ImageNet index 282)
 SHAPES = {
@@ -243,7 +243,9 @@ def markdown(result: dict) -> str:
             "(needs cosine >= 0.95, ratio 0.8-1.25)."
         )
     if result["device"] == "cpu":
-        lines.append("\nOn a CPU the project runs fp32 (run.device_and_dtype): the fp16 / bf16 settings do not apply.")
+        lines.append(
+            "\nOn a CPU the project runs fp32 (workspace.device_and_dtype): fp16 / bf16 settings do not apply."
+        )
     return "\n".join(lines) + "\n"
 
 

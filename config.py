@@ -14,7 +14,7 @@ import sys
 import tempfile
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from prompt_datasets import TEMPLATES
@@ -101,8 +101,6 @@ class RunConfig:
     mixed_precision: str = "fp16"  # no | fp16 | bf16 for UNet and VAE on GPU; CPU always runs fp32
     gradient_checkpointing: bool = True  # checkpoint UNet and VAE activations in the gradient steps
     compile: bool = False  # torch.compile the UNet (pays only over long runs on a GPU)
-    # --- derived at parsing, not flags ---
-    classes: list[int] = field(default_factory=list, init=False)  # 0-based class indices
 
     def finalize(self) -> "RunConfig":
         """Fill the derived values and check what can be checked before loading any model."""
@@ -113,12 +111,16 @@ class RunConfig:
             self.sd_model = SD_2_1
         if self.gradient_accumulation_steps and not self.batch_size:
             self.batch_size = -(-self.epoch_size // self.gradient_accumulation_steps)
-        if not self.class_name:
-            self.classes = parse_class_spec(self.class_index)
         return self
 
+    @property
+    def classes(self) -> list[int]:
+        """The 0-based class indices of `class_index` (empty when `class_name` selects the class): the one
+        place where the CLI's 1-based numbers are converted; derived, so `dataclasses.replace` keeps it."""
+        return [] if self.class_name else parse_class_spec(self.class_index)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return dataclasses.asdict(self) | {"classes": self.classes}  # config.json records the 0-based classes too
 
 
 PRESETS = {
@@ -245,8 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="run.py", description="Train and evaluate discriminative class tokens (DisCo).")
     helps = _field_comments()
     for f in dataclasses.fields(RunConfig):
-        if not f.init:
-            continue
         conv, extra = _field_type(f)
         # SUPPRESS: the namespace holds only the flags given, so a preset cannot override them.
         p.add_argument(

@@ -71,8 +71,8 @@ def quantized(x: torch.Tensor) -> torch.Tensor:
 def quality_rows(run: Path, exp_id: str, judge_dir: str, batch: int = 100) -> list[dict]:
     from classifiers import load_classifier
     from evaluate import head_features, load_images
-    from run import quiet_libraries
     from stats import frechet_distance
+    from workspace import quiet_libraries
 
     quiet_libraries()
     judge = load_classifier(judge_dir)

@@ -17,7 +17,7 @@ from conftest import ROOT
 import app
 from app_jobs import Limits
 from config import PRESETS
-from run import SUMMARY_FIELDS
+from report import SUMMARY_FIELDS
 from utils import UsageError
 
 LIMITS = ["--max_epochs", "5", "--max_seeds", "8", "--max_images", "3", "--max_queue", "3"]

@@ -92,3 +92,11 @@ def test_every_flag_has_the_fields_comment_as_help():
     missing = [f.name for f in dataclasses.fields(RunConfig) if f.init and not comments.get(f.name)]
     assert not missing, missing
     assert "gradient skipping" in comments["grad_steps"]
+
+
+def test_replace_keeps_the_classes():
+    import dataclasses
+
+    cfg = parse_args(["--class_index", "3-4"])
+    assert dataclasses.replace(cfg, lr=0.5).classes == [2, 3]
+    assert dataclasses.replace(cfg, class_index="7").classes == [6]

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from config import parse_args
 from diffusion import load_sd
-from run import ClassPaths
 from train import make_scaler, train_class, update_token
+from workspace import ClassPaths
 
 TARGET = 1
 

@@ -1,0 +1,159 @@
+"""Results as a user reads them: one line per class, results.csv, the mean gain over classes."""
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from config import RunConfig
+from stats import mean_interval, paired_gain
+from utils import write_json, write_text
+from workspace import ClassPaths
+
+
+def pct(x) -> str:
+    return f"{round(100 * float(x))}%"
+
+
+def points(x) -> str:
+    return f"{round(100 * float(x)) + 0:+d}"  # + 0: no "-0"
+
+
+def bounds(low, high, signed: bool = False) -> str:
+    """A 95% interval in percent ('[36-56]') or signed points ('[+19,+41]'), rounded outward."""
+    lo, hi = math.floor(100 * float(low) + 1e-9), math.ceil(100 * float(high) - 1e-9)
+    return f"[{lo:+d},{hi:+d}]" if signed else f"[{lo}-{hi}]"
+
+
+def judged(res: dict) -> str:
+    """'baseline 46% [36-56] -> token 76% [67-83], gain +30 [+19,+41]' (95% intervals, stats.py)."""
+    text = f"baseline {pct(res['baseline_accuracy'])} {bounds(*res['baseline_ci'])}"
+    text += f" -> token {pct(res['token_accuracy'])} {bounds(*res['token_ci'])}"
+    return text + f", gain {points(res['gain'])} {bounds(*res['gain_ci'], signed=True)}"
+
+
+def report_line(m: dict) -> str:
+    line = f"class {m['class_index']} ({m['class_name']}): "
+    for role in ("classifier", "eval_classifier"):
+        if role in m:
+            line += f"[{role}] {judged(m[role])}  "
+    if "fid" in m:  # Frechet distance to real images on the judge's features (lower: closer to real)
+        line += f"[FD on {m['fid']['judge']}] baseline {m['fid']['baseline']:.3g} -> token {m['fid']['token']:.3g}"
+    return line.rstrip()
+
+
+ROLES = {"classifier": "", "eval_classifier": "eval_"}  # results.csv column prefix per judge
+STATS = ["baseline_accuracy", "baseline_low", "baseline_high", "token_accuracy", "token_low", "token_high"]
+STATS += ["gain", "gain_low", "gain_high"]
+SUMMARY_FIELDS = ["class_index", "class_name", "exp_id", "seeds"]
+SUMMARY_FIELDS += [prefix + k for prefix in ROLES.values() for k in STATS] + ["fd_baseline", "fd_token"]
+SUMMARY_FIELDS += ["epochs", "train_seconds", "token_path"]
+MEAN_GAIN_METHODS = dict(
+    over_classes="Student t interval over the classes' gains (classes as a sample of classes)",
+    pooled_seeds="Newcombe's paired interval over all (class, seed) pairs (these classes fixed; seed noise only)",
+)
+
+
+def csv_stats(m: dict, role: str, target: int) -> dict:
+    """One judge's accuracies, gain and 95% intervals as results.csv columns ('' when not evaluated)."""
+    res = m.get(role)
+    if not res:
+        return {ROLES[role] + k: "" for k in STATS}
+    if "gain_ci" not in res:  # metrics.json written before intervals existed: compute them now
+        from evaluate import intervals
+
+        res = res | intervals(res, target)
+    values = [res["baseline_accuracy"], *res["baseline_ci"], res["token_accuracy"], *res["token_ci"]]
+    values += [res["gain"], *res["gain_ci"]]
+    hits = {f"_{role}_{kind}_hits": [p == target for p in res[f"{kind}_predictions"]] for kind in ("baseline", "token")}
+    return {ROLES[role] + k: round(v, 4) for k, v in zip(STATS, values)} | hits  # _hits: not csv columns
+
+
+def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list[dict]:
+    """results.csv: one row per (class, exp_id), earlier rows kept, rerun classes replaced. With several
+    classes, also the mean gain over them in results_summary.json (per exp_id)."""
+    path = Path(cfg.output_path) / "results.csv"
+    rows = {}
+    if path.exists():
+        for r in csv.DictReader(path.open()):
+            rows[(int(r["class_index"]), r["exp_id"])] = r
+    for c in classes:
+        p = ClassPaths.of(cfg, c, labels[c])
+        if not p.token.exists():
+            continue
+        m = json.loads(p.metrics.read_text()) if p.metrics.exists() else {}
+        t = json.loads(p.train_summary.read_text()) if p.train_summary.exists() else {}
+        rows[(c + 1, cfg.exp_id)] = dict(
+            class_index=c + 1,
+            class_name=labels[c],
+            exp_id=cfg.exp_id,
+            seeds=len(m.get("seeds", [])) or "",
+            **csv_stats(m, "classifier", c),
+            **csv_stats(m, "eval_classifier", c),
+            fd_baseline=round(m["fid"]["baseline"], 4) if "fid" in m else "",
+            fd_token=round(m["fid"]["token"], 4) if "fid" in m else "",
+            epochs=t.get("epochs", ""),
+            train_seconds=t.get("seconds", ""),
+            token_path=str(p.token),
+        )
+    ordered = [rows[k] for k in sorted(rows, key=lambda k: (int(k[0]), k[1]))]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, SUMMARY_FIELDS, extrasaction="ignore")  # rows of older files: missing -> ''
+    writer.writeheader()
+    writer.writerows(ordered)
+    write_text(path, buf.getvalue())
+    wanted = {c + 1 for c in classes}
+    mine = [r for r in ordered if r["exp_id"] == cfg.exp_id and int(r["class_index"]) in wanted]
+    means = mean_gains(mine)
+    if means:
+        summary_path = path.with_name("results_summary.json")
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary[cfg.exp_id] = dict(classes=[int(r["class_index"]) for r in mine], methods=MEAN_GAIN_METHODS, **means)
+        write_json(summary_path, summary)
+    return mine
+
+
+def mean_gains(rows: list[dict]) -> dict:
+    """Per judge, the mean gain over 2+ classes with two 95% intervals (MEAN_GAIN_METHODS): over classes, and,
+    where the per-seed outcomes are at hand, pooled over (class, seed) pairs, which stays honest when every
+    class gained the same (the t interval then has zero width)."""
+    out = {}
+    for role, prefix in ROLES.items():
+        have = [r for r in rows if r.get(prefix + "gain", "") != ""]
+        if len(have) < 2:
+            continue
+        mean, low, high = mean_interval([float(r[prefix + "gain"]) for r in have])
+        g = dict(n_classes=len(have), mean_gain=round(mean, 4), over_classes=[round(low, 4), round(high, 4)])
+        hits = [(r[f"_{role}_token_hits"], r[f"_{role}_baseline_hits"]) for r in have if f"_{role}_token_hits" in r]
+        if len(hits) == len(have) and len({len(t) for t, _ in hits}) == 1:  # equal n: pooled gain = mean gain
+            pooled = paired_gain(sum((t for t, _ in hits), []), sum((b for _, b in hits), []))
+            g["pooled_seeds"] = [round(pooled[1], 4), round(pooled[2], 4)]
+        out[role] = g
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """One line per class and judge: accuracies and gain with 95% intervals; then the mean gain over classes."""
+
+    def cell(r: dict, prefix: str, stem: str, value_key: str) -> str:
+        v, lo, hi = r.get(prefix + value_key, ""), r.get(f"{prefix}{stem}_low", ""), r.get(f"{prefix}{stem}_high", "")
+        text = "-" if v == "" else points(v) if stem == "gain" else pct(v)
+        return f"{text} {bounds(lo, hi, stem == 'gain')}" if "" not in (v, lo, hi) else text
+
+    lines = [f"{'class':>6}  {'name':24} {'judge':16} {'baseline':>14} {'token':>14} {'gain':>14}"]
+    for r in rows:
+        head = f"{r['class_index']:>6}  {r['class_name'][:24]:24}"
+        for role, prefix in ROLES.items():
+            if r.get(prefix + "baseline_accuracy", "") == "" and role != "classifier":
+                continue
+            b, t = cell(r, prefix, "baseline", "baseline_accuracy"), cell(r, prefix, "token", "token_accuracy")
+            lines.append(f"{head} {role:16} {b:>14} {t:>14} {cell(r, prefix, 'gain', 'gain'):>14}")
+            head = " " * len(head)
+    for role, g in mean_gains(rows).items():
+        line = f"mean gain over {g['n_classes']} classes [{role}]: {points(g['mean_gain'])}"
+        line += f" {bounds(*g['over_classes'], signed=True)} (t interval over classes)"
+        if "pooled_seeds" in g:
+            line += f", {bounds(*g['pooled_seeds'], signed=True)} (paired, pooled over classes x seeds)"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""What a run is made of, shared by run.py, the web demo and the benchmark: where a class's files
+live, which classes a run means, the device, and the models loaded in the run's settings."""
+
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from config import RunConfig
+from utils import UsageError, class_dir_name, write_json
+
+
+@dataclass
+class ClassPaths:
+    """Where one class's files live; `<class dir>` is e.g. 283_tiger_cat."""
+
+    dir_name: str
+    token_dir: Path
+    img_dir: Path
+
+    @classmethod
+    def of(cls, cfg: RunConfig, index: int, name: str) -> "ClassPaths":
+        d = class_dir_name(index, name)
+        out = Path(cfg.output_path)
+        return cls(d, out / "pipeline_token" / d / cfg.exp_id, out / "img" / d / cfg.exp_id)
+
+    @property
+    def token(self) -> Path:
+        return self.token_dir / "learned_embeds.safetensors"
+
+    @property
+    def config(self) -> Path:
+        return self.token_dir / "config.json"
+
+    @property
+    def log(self) -> Path:
+        return self.token_dir / "train_log.jsonl"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.token_dir / "train_summary.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.token_dir / "metrics.json"
+
+
+def resolve_classes(cfg: RunConfig, labels: list[str]) -> list[int]:
+    """0-based class indices, checked against the classifier's classes."""
+    if cfg.class_name:
+        hits = [i for i, n in enumerate(labels) if n.lower() == cfg.class_name.strip().lower()]
+        if not hits:
+            raise UsageError(f"--class_name {cfg.class_name!r}: not a class of the classifier")
+        if len(hits) > 1:
+            options = " or ".join(str(i + 1) for i in hits)
+            raise UsageError(f"--class_name {cfg.class_name!r} is ambiguous: use --class_index {options}")
+        return hits
+    bad = [i + 1 for i in cfg.classes if i >= len(labels)]
+    if bad:
+        raise UsageError(f"--class_index {cfg.class_index!r}: {bad[0]} is out of range; allowed 1..{len(labels)}")
+    return cfg.classes
+
+
+def device_and_dtype(cfg: RunConfig, state) -> tuple[torch.device, torch.dtype]:
+    device = state.device if cfg.device == "auto" else torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {cfg.device}: no CUDA GPU is available here; use --device cpu")
+    # Half precision only on accelerators; the CPU runs everything in fp32.
+    dtypes = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    return device, dtypes[cfg.mixed_precision] if device.type != "cpu" else torch.float32
+
+
+def load_classifiers(cfg: RunConfig, say_notes: bool = True) -> dict:
+    """The classifier (and the second judge, which must have the same classes), on the CPU: cheap
+    checks that need their labels run before the diffusion model loads."""
+    from classifiers import check_same_classes, load_classifier
+
+    classifiers = {"classifier": load_classifier(cfg.classifier, cfg.classifier_pooling)}
+    if cfg.eval_classifier:
+        classifiers["eval_classifier"] = load_classifier(cfg.eval_classifier, "auto", flag="eval_classifier")
+        check_same_classes(classifiers["classifier"], classifiers["eval_classifier"])
+    for note in [n for clf in classifiers.values() for n in clf.notes] if say_notes else []:
+        print(f"run.py: note: {note}", file=sys.stderr)
+    return classifiers
+
+
+def load_diffusion(cfg: RunConfig, classifiers: dict, device: torch.device, dtype: torch.dtype):
+    """Classifiers onto the device; the diffusion model with S_c, in the run's settings."""
+    from diffusion import configure, load_sd
+
+    for clf in classifiers.values():
+        clf.to(device, dtype)
+    sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
+    configure(sd, cfg.gradient_checkpointing, cfg.compile)
+    return sd
+
+
+def quiet_libraries() -> None:
+    """Our own bars and lines are the output; the libraries' loading bars and notices are noise."""
+    import diffusers
+    import huggingface_hub
+    import transformers
+
+    huggingface_hub.utils.logging.set_verbosity_error()
+    for lib in (diffusers, transformers):
+        lib.utils.logging.set_verbosity_error()
+        lib.utils.logging.disable_progress_bar()
+
+
+def train_and_record(cfg: RunConfig, sd, clf, c: int, name: str, paths: "ClassPaths", process: int, on_epoch=None):
+    """train_class with its files: the run's config.json before, train_summary.json after."""
+    from train import train_class
+
+    write_json(paths.config, cfg.to_dict())
+    summary = train_class(cfg, sd, clf, c, name, paths, on_epoch)
+    write_json(paths.train_summary, summary | {"process": process})
+    return summary
+
+
+def save_full_pipeline(sd, out: Path) -> None:
+    """The whole pipeline with S_c in tokenizer and text encoder, written once, renamed in place."""
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    sd.pipe.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
