@@ -27,7 +27,8 @@ def classify(clf, images: torch.Tensor, batch_size: int, device) -> list[int]:
 
 def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) -> dict:
     """Generate the evaluation seeds with "A photo of S_c <class>" and "A photo of a <class>",
-    classify both with every classifier, save images, the grid and metrics.json."""
+    classify both with every classifier, save images, the grid and metrics.json. The returned metrics
+    name the images written (`images`: per prompt, paths relative to `paths.img_dir`, in seed order)."""
     start = time.time()
     set_token(sd, load_token(paths.token, cfg.placeholder_token))  # base model + the saved token
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.test_size))
@@ -49,8 +50,10 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
             res[f"{kind}_predictions"] = preds
         preds = metrics[main][f"{kind}_predictions"]
         labels = classifiers[main].labels
-        for seed, im, p in zip(seeds, images, preds):
-            save_image(paths.img_dir / "eval" / kind / f"seed{seed:05d}_{p}_{labels[p]}.png", im)
+        files = [f"eval/{kind}/seed{seed:05d}_{p}_{labels[p]}.png" for seed, p in zip(seeds, preds)]
+        for f, im in zip(files, images):
+            save_image(paths.img_dir / f, im)
+        metrics.setdefault("images", {})[kind] = files  # relative to the class's img folder, in seed order
         rows.append((f"{kind}: {prompts[kind]}", list(images), [f"{p} {labels[p]}" for p in preds]))
     for role in classifiers:
         metrics[role].update(intervals(metrics[role], target))
@@ -58,6 +61,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         folder = fid_reference_dir(cfg, paths.dir_name)
         metrics["fid"] = frechet_to_reference(cfg, classifiers, generated, folder, sd.device)
     save_image(paths.img_dir / "grid.png", comparison_grid(rows))
+    metrics["images"]["grid"] = "grid.png"
     metrics["seconds"] = round(time.time() - start, 2)
     write_json(paths.metrics, metrics)
     return metrics

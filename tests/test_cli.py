@@ -31,6 +31,9 @@ def test_end_to_end_writes_every_output(tiny, tmp_path, capsys):
     assert len(list((img / "eval" / "token").glob("seed*.png"))) == 2
     assert len(list((img / "eval" / "baseline").glob("seed0000[01]_*.png"))) == 2
     assert (img / "grid.png").is_file() and (tok / "pipeline" / "model_index.json").is_file()
+    for kind in ("baseline", "token"):  # metrics.json names exactly the images evaluation wrote
+        named = {img / f for f in m["images"][kind]}
+        assert named == set((img / "eval" / kind).glob("*.png")) and len(named) == 2
     assert "2,tiger cat,default," in (out / "results.csv").read_text()
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"
     assert (img / "grid.png").stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
