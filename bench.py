@@ -1,6 +1,6 @@
 """Speed benchmark: the original schedule against the project's, on random-weight models.
 
-python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (REFERENCE.md 6)
+python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (docs/performance.md)
 python bench.py --compile   # also torch.compile(unet) variants (minutes of compilation)
 python bench.py --tiny      # the same code on tiny shapes, on a CPU, in seconds
 
@@ -29,9 +29,9 @@ from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_promp
 from train import epoch_gradient, make_scaler, micro_batch_size, train_class
 from workspace import ClassPaths, device_and_dtype, quiet_libraries
 
-CLASS_NAME, TARGET = "tiger cat", 282  # REFERENCE.md section 2's example class (ImageNet index 282)
+CLASS_NAME, TARGET = "tiger cat", 282  # docs/original.md §2's example class (ImageNet index 282)
 SHAPES = {
-    "sd14": dict(  # REFERENCE.md section 6; the run settings are RunConfig's defaults (512 px, 30 / 50 steps)
+    "sd14": dict(  # docs/performance.md "SD 1.4 shapes"; the run settings are RunConfig's defaults (512 px, 30 / 50 steps)
         unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
         vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
         text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
@@ -59,7 +59,7 @@ SHAPES = {
         cfg=dict(height=16, width=16, num_of_SD_inference_steps=3, eval_steps=3),
     ),
 }
-# Cases: RunConfig overrides (+ channels_last). "original" is the paper's schedule (REFERENCE.md 2):
+# Cases: RunConfig overrides (+ channels_last). "original" is the paper's schedule (docs/original.md §2):
 # batch 1 with accumulation over the epoch of 5, and batch-1 evaluation; the other rows are the project.
 TRAIN_CASES = {
     "original": dict(batch_size=1),
@@ -191,7 +191,7 @@ def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
 
 
 def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
-    """Issue 9.2's numerics check: the token's gradient for one image (same noise and prompt) with
+    """The numerics check: the token's gradient for one image (same noise and prompt) with
     UNet, VAE and classifier in `half` (fp16: through train.make_scaler's GradScaler, as training)
     against fp32. Passes at cosine >= 0.95 and a norm ratio in 0.8-1.25."""
     prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, 1).epoch(cfg.seed, 0)

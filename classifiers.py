@@ -1,4 +1,4 @@
-"""The frozen classifier: presets (REFERENCE.md section 3), any transformers image classifier,
+"""The frozen classifier: presets (docs/original.md §4), any transformers image classifier,
 timm models; differentiable preprocessing so the loss reaches the generated pixels."""
 
 from contextlib import contextmanager
@@ -23,7 +23,7 @@ class Preprocess:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     interpolation: str = "bicubic"  # a torch.nn.functional.interpolate mode
-    antialias: bool = False  # kornia's default, which the original used (REFERENCE.md section 2)
+    antialias: bool = False  # kornia's default, which the original used (docs/original.md §4)
 
     def __post_init__(self):
         if self.antialias and self.interpolation not in _SMOOTH:
@@ -31,11 +31,11 @@ class Preprocess:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] in [0, 1] -> normalised classifier input. No clamping: a clamp would zero
-        the gradient of every saturated pixel (REFERENCE.md section 8)."""
+        the gradient of every saturated pixel (docs/original.md §7.7)."""
         h, w = images.shape[-2:]
         if isinstance(self.resize, int):
             # The shorter side becomes `resize`, the other is truncated, computed as kornia's resize
-            # does (the original's, REFERENCE.md section 2; torchvision and transformers also truncate).
+            # does (the original's, docs/original.md §4; torchvision and transformers also truncate).
             s = self.resize
             size = (s, int(s * (w / h))) if w >= h else (int(s / (w / h)), s)
         else:
@@ -53,8 +53,8 @@ class Preprocess:
         return (images - mean) / std
 
 
-# REFERENCE.md section 3. The two ViT-MAE checkpoints read the mean of the patch tokens. All three resize
-# as the original (kornia): bicubic, no antialiasing (REFERENCE.md section 2).
+# docs/original.md §4. The two ViT-MAE checkpoints read the mean of the patch tokens. All three resize
+# as the original (kornia): bicubic, no antialiasing (docs/original.md §4).
 PRESETS = {
     "inet": ("google/vit-large-patch16-224", Preprocess(256, (224, 224), (0.5,) * 3, (0.5,) * 3, "bicubic"), "cls"),
     "inat": ("vesteinn/vit-mae-inat21", Preprocess(224, (224, 224), IMAGENET_MEAN, IMAGENET_STD, "bicubic"), "mean"),
@@ -79,7 +79,7 @@ class Classifier(nn.Module):
             out = self.model(x)
             return (out.logits if hasattr(out, "logits") else out).float()
         # Mean of the patch tokens (not CLS) before the final norm, then norm and head: the
-        # fine-tuned MAE checkpoints' head (REFERENCE.md section 3).
+        # fine-tuned MAE checkpoints' head (docs/original.md §4).
         base = self.model.base_model
         hidden = base(x, output_hidden_states=True).hidden_states[-1]
         return self.model.classifier(base.layernorm(hidden[:, 1:].mean(dim=1))).float()
@@ -103,7 +103,7 @@ def load_classifier(spec: str, pooling: str = "auto", pretrained: bool = True, f
         model = _load_transformers(model_id, flag)
         if prep is None:
             prep = _prep_from_processor(AutoImageProcessor.from_pretrained(model_id), model_id)
-    if pooling == "auto":  # MAE fine-tuning pools the mean by default (REFERENCE.md section 3)
+    if pooling == "auto":  # MAE fine-tuning pools the mean by default (docs/original.md §4)
         pooling = preset_pooling or ("mean" if model.config.model_type == "vit_mae" else "cls")
     if pooling == "mean" and not (hasattr(model.base_model, "layernorm") and hasattr(model, "classifier")):
         raise UsageError(f"--classifier_pooling mean: {model_id} is not a ViT-style model (layernorm + classifier)")

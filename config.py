@@ -1,4 +1,4 @@
-"""RunConfig: every setting of a run, with the paper's defaults (REFERENCE.md section 2).
+"""RunConfig: every setting of a run, with the paper's defaults (docs/original.md §2).
 
 The command line is generated from the dataclass (`parse_args`); nothing is duplicated by
 hand. Class indices on the command line are 1-based, as in the original; `parse_args`
@@ -28,7 +28,7 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 # Three disjoint seed ranges (docs/digits.md "Seeds"), so that a reported number comes from seeds that
 # neither training nor the choice of settings saw:
 # - training noises: one generator seeded with `seed` (default 35) draws an epoch's noises; after a loss
-#   jump the original re-seeds with seed + 1 (REFERENCE.md section 2), so training stays within
+#   jump the original re-seeds with seed + 1 (docs/original.md §5), so training stays within
 #   seed .. seed + ~200 (fresh noises add the epoch, re-seeds and restarts add one each), below VALIDATION_SEED;
 # - validation: eval_seed = VALIDATION_SEED, .. + test_size - 1: the only seeds used to choose settings (the
 #   digits preset's values were chosen on 1000..1099);
@@ -36,7 +36,7 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 #   were spent: a first choice of preset was run on them and dropped, docs/digits.md; so the test range
 #   moved to untouched seeds.)
 # (`--generate` images use evaluate.GENERATE_SEED_OFFSET = 1,000,000 and up.) The SD 1.4 default keeps the
-# original's seeds 0..9 (REFERENCE.md section 2), the paper's protocol.
+# original's seeds 0..9 (docs/original.md §6), the paper's protocol.
 VALIDATION_SEED = 1000
 TEST_SEED = 20000
 
@@ -62,7 +62,7 @@ class RunConfig:
     placeholder_token: str = "newclas"  # the new token S_c
     initializer_token: str = "a"  # S_c starts from this token's embedding
     init_from_class_name: bool = False  # start S_c from the mean embedding of the class name's tokens instead
-    # --- training (REFERENCE.md section 2) ---
+    # --- training (docs/original.md §2) ---
     num_train_epochs: int = 50  # at most this many epochs, one optimizer step each
     epoch_size: int = 5  # images per epoch; the same epoch_size starting noises every epoch
     batch_size: int = 0  # images per forward pass; 0 = auto (the whole epoch, or what fits in GPU memory)

@@ -37,7 +37,7 @@ def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, 
     with hub_guard(f"Stable Diffusion model {model}"):
         pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    # Frozen: UNet and VAE in half precision on GPU, the text encoder in fp32 (REFERENCE.md section 2).
+    # Frozen: UNet and VAE in half precision on GPU, the text encoder in fp32 (docs/original.md §3).
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.requires_grad_(False).eval()
     pipe.unet.to(device, dtype)
@@ -61,7 +61,7 @@ def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, 
 
     def inject(_module, inputs, out):
         # Only S_c's row is a trained parameter: no weight decay or update can touch the rest of
-        # the vocabulary (REFERENCE.md section 4, second defect).
+        # the vocabulary (docs/original.md §7.2).
         mask = (inputs[0] == token_id).unsqueeze(-1)
         return torch.where(mask, token.to(out.dtype), out)
 
@@ -120,7 +120,7 @@ def word_embedding(sd: SD, text: str) -> torch.Tensor:
 
 def encode(sd: SD, prompts: list[str]) -> torch.Tensor:
     """Prompt embeddings, padded to the tokenizer's max length as generation pads them (the
-    original padded training prompts to the batch's longest: REFERENCE.md section 4)."""
+    original padded training prompts to the batch's longest: docs/original.md §7.4)."""
     ids = sd.tokenizer(
         prompts, padding="max_length", max_length=sd.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(sd.device)
@@ -142,7 +142,7 @@ def initial_noise(sd: SD, seeds: list[int] | None = None, n: int = 0, seed: int 
 
 def denoise(sd: SD, latents, cond, uncond, steps: int, guidance: float, grad_steps: int = 0, callback=None):
     """Classifier-free guided sampling with the model's scheduler. "Gradient skipping"
-    (REFERENCE.md sections 1 and 2): only the UNet calls from sampler step `steps - grad_steps`
+    (docs/original.md §1): only the UNet calls from sampler step `steps - grad_steps`
     on build a graph, by the original's index rule over `scheduler.timesteps`
     (`i >= num_inference_steps - grad_steps`). PNDM with skip_prk_steps (SD 1.4) lists N+1
     timesteps for N steps, so grad_steps=1 opens two UNet calls there (t=34 and t=1 at 30 steps),

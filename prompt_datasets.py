@@ -1,10 +1,10 @@
-"""Prompt templates and the per-epoch prompt list (REFERENCE.md sections 1 and 2)."""
+"""Prompt templates and the per-epoch prompt list (docs/original.md §2)."""
 
 import torch
 
 # The original's `imagenet_templates_small` (prompt_dataset.py), all 31, in its order. DisCo
 # fills the first `number_of_prompts` with the placeholder and then appends " " + class name:
-# "A photo of newclas tiger cat" (REFERENCE.md section 2).
+# "A photo of newclas tiger cat" (docs/original.md §2).
 TEMPLATES = [
     "A photo of {}",
     "a high resolution realistic image of {}",

@@ -1,4 +1,4 @@
-"""Training one class token (REFERENCE.md sections 1 and 2, without the defects of section 4)."""
+"""Training one class token (docs/original.md §1, §2 and §5, without the defects of §7)."""
 
 import json
 import math
@@ -19,7 +19,7 @@ from utils import atomic_path, save_image, write_text
 def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
     """Forward: clamp(0, 1), the image the original classifies in training and that evaluation
     classifies. Backward: identity, so saturated pixels still pass gradient (a plain clamp
-    zeroes it: REFERENCE.md section 8)."""
+    zeroes it: docs/original.md §7.7)."""
     return images + (images.clamp(0, 1) - images).detach()
 
 
@@ -64,7 +64,7 @@ def save_train_images(folder, labels: list[str], epoch: int, start: int, images,
 
 def micro_batch_size(cfg, device: torch.device) -> int:
     """`batch_size`, or automatically: the whole epoch on CPU; on a GPU as many images as free
-    memory allows, from REFERENCE.md section 7's measurements at 512 px (about 4 GiB fixed,
+    memory allows, from the measurements in docs/performance.md at 512 px (about 4 GiB fixed,
     3.4 GiB per image with checkpointing, 4.4 without), scaled by pixels and gradient steps."""
     if cfg.batch_size:
         return min(cfg.batch_size, cfg.epoch_size)
@@ -79,7 +79,7 @@ def micro_batch_size(cfg, device: torch.device) -> int:
 
 
 def save_token(path, placeholder: str, value: torch.Tensor) -> None:
-    """diffusers' textual-inversion format: one tensor under the token's name (REFERENCE.md 5)."""
+    """diffusers' textual-inversion format: one tensor under the token's name (docs/original.md §8)."""
     with atomic_path(path) as tmp:
         save_file({placeholder: value.detach().float().cpu().contiguous()}, tmp)
 
@@ -98,7 +98,7 @@ def make_scaler(sd, cfg) -> torch.amp.GradScaler:
 
 
 def update_token(opt, scaler, token: torch.nn.Parameter, max_grad_norm: float, loss: float) -> dict:
-    """Unscale, clip after backward (the original clipped before it: REFERENCE.md section 4),
+    """Unscale, clip after backward (the original clipped before it: docs/original.md §7.1),
     step unless the loss or gradient is not finite; the scaler halves its scale after an
     overflow. Returns what the epoch's log records about the update."""
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
@@ -113,7 +113,7 @@ def update_token(opt, scaler, token: torch.nn.Parameter, max_grad_norm: float, l
 
 def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> dict:
     """Optimise S_c for class `target` with the original's schedule and stopping rules
-    (REFERENCE.md section 2); write the kept token, the log and a summary.
+    (docs/original.md §5); write the kept token, the log and a summary.
 
     `on_epoch(entry, images)`, if given, is called after each epoch with its log entry and its
     images ([N, 3, H, W] in [0, 1]); returning True stops training (the kept token is as below)."""

@@ -1,4 +1,4 @@
-"""Choose the digits preset on VALIDATION seeds only (issue 10): every candidate setting is run
+"""Choose the digits preset on VALIDATION seeds only: every candidate setting is run
 through run.py for the six ambiguous classes and judged by the independent classifier_b on the
 validation seeds; the table says which settings pay. Test seeds are never touched here.
 
@@ -30,7 +30,7 @@ LONG = ["--num_train_epochs", "100", "--early_stopping", "100"]
 # gradient), keeping the token that produced the best loss (one bad step can wreck the token after it).
 WORD = ["--fresh_noise", "False", "--keep", "best_epoch", "--init_from_class_name", "True"]
 CANDIDATES = {
-    "fixed_noise": FIXED,  # the preset before issue 10's second round: the same 16 noises every epoch
+    "fixed_noise": FIXED,  # an earlier preset: the same 16 noises every epoch
     "fixed_ep100": FIXED + LONG,  # the preset now
     "fresh": FRESH,
     "fresh_lr03": FRESH + ["--lr", "0.03"],

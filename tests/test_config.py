@@ -23,7 +23,7 @@ def test_defaults_are_the_papers():
 def test_templates_are_the_originals_31_in_order():
     from prompt_datasets import TEMPLATES, PromptDataset
 
-    original = [  # the original's prompt_dataset.py imagenet_templates_small (REFERENCE.md section 2)
+    original = [  # the original's prompt_dataset.py imagenet_templates_small (docs/original.md §2)
         "A photo of {}", "a high resolution realistic image of {}", "A close-up photo of a {}", "A rendition of a {}",
         "a photo of a nice {}", "A painting of a {}", "a good photo of a {}", "the photo of a {}",
         "a bright photo of the {}", "a photo of a clean {}", "a photo of a dirty {}", "a dark photo of the {}",

@@ -1,5 +1,5 @@
-"""The original's stopping rules, the kept token, re-seeding after a collapse (issue #9.7), and
-the fp16 loss scaler (#9.2), with a scripted classifier whose loss per epoch is chosen."""
+"""The original's stopping rules, the kept token, re-seeding after a collapse (docs/original.md §5), and
+the fp16 loss scaler (§3), with a scripted classifier whose loss per epoch is chosen."""
 
 import json
 import math
@@ -157,7 +157,7 @@ def test_scaler_is_the_originals_in_fp16_and_off_otherwise(setup):
 
 @pytest.mark.parametrize("from_name", [False, True])
 def test_token_starts_from_the_initializer_or_the_class_names_mean_embedding(setup, from_name):
-    """--init_from_class_name (issue #10): S_c starts from the mean of the class name's token rows
+    """--init_from_class_name : S_c starts from the mean of the class name's token rows
     ("tiger cat": two rows); by default from --initializer_token "a". An accuracy stop at epoch 0
     keeps the token that drew it, the starting one."""
     cfg, sd, paths = setup
@@ -170,7 +170,7 @@ def test_token_starts_from_the_initializer_or_the_class_names_mean_embedding(set
 
 
 def test_restart_after_a_plateau_resets_the_token_and_draws_new_noises(setup):
-    """--restart_after N (issue #10, not an original rule): N epochs whose training accuracy never
+    """--restart_after N (not an original rule): N epochs whose training accuracy never
     rose above the first's -> S_c back to its start, new noises (seed + 1), a new optimizer."""
     cfg, sd, paths = setup
     cfg.restart_after, cfg.early_stopping, cfg.num_train_epochs = 3, 50, 7

@@ -1,5 +1,5 @@
-"""The training step: only S_c's row changes; the original's gradient path (issue #9.1), the
-straight-through clamp (#9.3), gradient checkpointing that really runs (#9.4)."""
+"""The training step: only S_c's row changes; the original's gradient path (docs/original.md §1), the
+straight-through clamp, gradient checkpointing that really runs (§3)."""
 
 import pytest
 import torch
@@ -56,7 +56,7 @@ def grad_enabled_unet_calls(sd, clf, cfg) -> list[bool]:
 
 def test_gradient_path_is_the_originals_under_pndm(setup):
     """The original's rule over scheduler.timesteps: calls with i < steps - 1 run without grad.
-    PNDM (SD 1.4) lists 5 timesteps for 4 steps, so TWO calls carry the gradient (issue #9.1)."""
+    PNDM (SD 1.4) lists 5 timesteps for 4 steps, so TWO calls carry the gradient (docs/original.md §1)."""
     cfg, sd, clf = setup
     assert type(sd.scheduler).__name__ == "PNDMScheduler" and cfg.grad_steps == 1
     assert grad_enabled_unet_calls(sd, clf, cfg) == [False, False, False, True, True]
@@ -106,7 +106,7 @@ def test_classifier_sees_the_clamped_image_in_training(setup, monkeypatch):
 
 def test_gradient_checkpointing_really_runs(setup, monkeypatch):
     """Older diffusers checkpoint only in train mode: a gradient step runs UNet and VAE in train
-    mode when checkpointing is on and goes through torch.utils.checkpoint (#9.4)."""
+    mode when checkpointing is on and goes through torch.utils.checkpoint."""
     import torch.utils.checkpoint as ckpt
 
     cfg, sd, clf = setup
