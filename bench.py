@@ -31,7 +31,7 @@ from workspace import ClassPaths, device_and_dtype, quiet_libraries
 
 CLASS_NAME, TARGET = "tiger cat", 282  # docs/original.md §2's example class (ImageNet index 282)
 SHAPES = {
-    "sd14": dict(  # docs/performance.md "SD 1.4 shapes"; the run settings are RunConfig's defaults (512 px, 30 / 50 steps)
+    "sd14": dict(  # docs/performance.md "SD 1.4 shapes"; run settings: RunConfig defaults (512 px, 30 / 50 steps)
         unet=dict(sample_size=64, cross_attention_dim=768, attention_head_dim=8),
         vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512),
         text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
