@@ -3,13 +3,15 @@
 python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (docs/performance.md)
 python bench.py --compile   # also torch.compile(unet) variants (minutes of compilation)
 python bench.py --tiny      # the same code on tiny shapes, on a CPU, in seconds
+python bench.py --out docs/ # publish: the tables docs/performance.md cites
 
 Cost does not depend on the weights, so nothing is downloaded: the components are built from
 configs, saved as a diffusers folder and loaded through the project's `diffusion.load_sd`; the
 measured steps are the project's `train.train_step` and `diffusion.generate`. Each case reports the
 median over `--repeats` timed runs after `--warmup` runs, with device synchronisation, in seconds per
-image, and the peak of torch.cuda.max_memory_allocated (null on a CPU). Writes benchmarks.json and
-benchmarks.md to `--out` (docs/ by default; out/bench_tiny/ with --tiny). See docs/performance.md.
+image, and the peak of torch.cuda.max_memory_allocated (null on a CPU). Then the numerics check: the
+token's gradient in fp16 against fp32 (fp16 on a CPU too). Writes benchmarks.json and benchmarks.md
+to `--out` (out/bench/ by default, out/bench_tiny/ with --tiny; never docs/ unless asked).
 """
 
 import argparse
@@ -18,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -127,9 +130,20 @@ def make_cfg(shape: dict, folder: Path, device: str, **overrides) -> RunConfig:
     return RunConfig(**kw | overrides).finalize()
 
 
+def device_dtype(cfg: RunConfig) -> tuple[torch.device, torch.dtype]:
+    """workspace.device_and_dtype, with `--device auto` resolved as run.py resolves it: through
+    accelerate's PartialState (this process's GPU, else the CPU)."""
+    state = None
+    if cfg.device == "auto":
+        from accelerate import PartialState
+
+        state = PartialState(cpu=not torch.cuda.is_available())
+    return device_and_dtype(cfg, state)
+
+
 def configure_bench(sd, clf, cfg: RunConfig, channels_last: bool = False) -> None:
     """Put the loaded models into `cfg`'s settings as run.py does (dtype, then diffusion.configure)."""
-    _, dtype = device_and_dtype(cfg, None)
+    _, dtype = device_dtype(cfg)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for m in (sd.unet, sd.vae):
         if m.dtype != dtype:  # (diffusers warns at every cast)
@@ -190,32 +204,52 @@ def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
     return dict(res, batch_size=cfg.eval_batch_size, steps=cfg.eval_steps, dtype=str(sd.dtype))
 
 
+def token_gradient(sd, clf, cfg: RunConfig, prompts: list, noise: torch.Tensor, dtype: torch.dtype):
+    """The token's gradient for `prompts` and `noise`, with UNet, VAE and classifier in `dtype`, unscaled,
+    and the loss scale it was computed at. fp16 goes through train.make_scaler's GradScaler as in training;
+    after an overflow the scale is halved and the gradient recomputed, as the dynamic scaler does over
+    the first epochs."""
+    for m in (sd.unet, sd.vae, clf):
+        m.to(dtype=dtype)
+    sd.dtype = dtype
+    loss_scale = cfg.loss_scale
+    for _ in range(32):
+        scaler = make_scaler(sd, replace(cfg, loss_scale=loss_scale))
+        sd.token.grad = None
+        epoch_gradient(sd, clf, prompts, noise.to(dtype), TARGET, cfg, 1, scaler)
+        if not scaler.is_enabled() or torch.isfinite(sd.token.grad).all():
+            break
+        loss_scale /= 2
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    return sd.token.grad.double() / scale, scale
+
+
 def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
-    """The numerics check: the token's gradient for one image (same noise and prompt) with
-    UNet, VAE and classifier in `half` (fp16: through train.make_scaler's GradScaler, as training)
-    against fp32. Passes at cosine >= 0.95 and a norm ratio in 0.8-1.25."""
+    """The numerics check: the token's gradient for one image (same noise and prompt) with UNet, VAE
+    and classifier in `half` against fp32, on whatever device the models are on (fp16 on a CPU too).
+    Passes at cosine >= 0.95 and a norm ratio in 0.8-1.25. The control: the fp32 gradient for another
+    noise (seed + 1), whose cosine with the first says how far apart two different gradients are."""
     prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, 1).epoch(cfg.seed, 0)
-    sd.dtype = torch.float32
-    noise = initial_noise(sd, n=1, seed=cfg.seed)  # drawn once in fp32, cast below
-    grads = []
-    for dtype in (torch.float32, half):
-        for m in (sd.unet, sd.vae, clf):
-            m.to(dtype=dtype)
-        sd.dtype = dtype
-        scaler = make_scaler(sd, cfg)
-        for _ in range(32):  # as the dynamic scaler over the first epochs: halve after an overflow
-            sd.token.grad = None
-            epoch_gradient(sd, clf, prompts, noise.to(dtype), TARGET, cfg, 1, scaler)
-            if not scaler.is_enabled() or torch.isfinite(sd.token.grad).all():
-                break
-            scaler.update(scaler.get_scale() / 2)
-        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-        grads.append(sd.token.grad.double() / scale)
-    full, low = grads
-    cosine = torch.nn.functional.cosine_similarity(full, low, dim=0).item()
-    ratio = (low.norm() / full.norm()).item()
-    ok = cosine >= 0.95 and 0.8 <= ratio <= 1.25
-    return dict(dtype=str(half), cosine=cosine, norm_ratio=ratio, fp32_norm=full.norm().item(), loss_scale=scale, ok=ok)
+    sd.dtype = torch.float32  # the noises are drawn in fp32 and cast
+    noise, other = initial_noise(sd, n=1, seed=cfg.seed), initial_noise(sd, n=1, seed=cfg.seed + 1)
+    full, _ = token_gradient(sd, clf, cfg, prompts, noise, torch.float32)
+    control, _ = token_gradient(sd, clf, cfg, prompts, other, torch.float32)
+    low, scale = token_gradient(sd, clf, cfg, prompts, noise, half)
+
+    def cos(a, b):
+        return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+    cosine, ratio = cos(full, low), (low.norm() / full.norm()).item()
+    return dict(
+        dtype=str(half),
+        cosine=cosine,
+        norm_ratio=ratio,
+        rel_diff=((low - full).norm() / full.norm()).item(),
+        fp32_norm=full.norm().item(),
+        loss_scale=scale,
+        control_cosine=cos(full, control),
+        ok=cosine >= 0.95 and 0.8 <= ratio <= 1.25,
+    )
 
 
 def markdown(result: dict) -> str:
@@ -238,15 +272,22 @@ def markdown(result: dict) -> str:
         verdict = "pass" if g["ok"] else "FAIL"
         lines.append(
             f"\nToken gradient, {g['dtype'].removeprefix('torch.')} vs fp32 (one image, same noise and prompt): "
-            f"cosine {g['cosine']:.4f}, norm ratio {g['norm_ratio']:.3f} (fp32 norm {g['fp32_norm']:.3g}, loss scale "
-            f"{g['loss_scale']:g} after the scaler's halvings): {verdict} "
-            "(needs cosine >= 0.95, ratio 0.8-1.25)."
+            f"cosine {g['cosine']:.4f}, norm ratio {g['norm_ratio']:.3f}, relative difference {g['rel_diff']:.3f} "
+            f"(fp32 norm {g['fp32_norm']:.3g}, loss scale {g['loss_scale']:g} after the scaler's halvings): {verdict} "
+            f"(needs cosine >= 0.95, ratio 0.8-1.25). Control: fp32 with another noise, cosine "
+            f"{g['control_cosine']:.4f}."
         )
     if result["device"] == "cpu":
         lines.append(
-            "\nOn a CPU the project runs fp32 (workspace.device_and_dtype): fp16 / bf16 settings do not apply."
+            "\nOn a CPU the project runs fp32 (workspace.device_and_dtype): fp16 / bf16 settings do not apply to "
+            "the timed rows; the gradient check casts to fp16 itself."
         )
     return "\n".join(lines) + "\n"
+
+
+def default_out(tiny: bool) -> Path:
+    """Where the tables go without `--out`: out/bench/ (out/bench_tiny/), never docs/ unless asked."""
+    return Path(__file__).parent / "out" / ("bench_tiny" if tiny else "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,14 +297,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="add torch.compile(unet) cases (run.py --compile)")
-    p.add_argument("--out", type=Path, help="folder for benchmarks.json / .md")
+    p.add_argument("--out", type=Path, help="folder for benchmarks.json / .md (out/bench/, --tiny: out/bench_tiny/)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     shape_name = "tiny" if args.tiny else "sd14"
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if shape_name == "sd14" and device == "cpu" and args.device == "auto":
+    device = args.device  # "auto": resolved by device_dtype, as run.py does
+    if shape_name == "sd14" and device == "auto" and not torch.cuda.is_available():
         print("bench.py: no GPU; SD 1.4 shapes on a CPU take hours (use --tiny, or --device cpu)", file=sys.stderr)
         return 2
-    out = args.out or Path(__file__).parent / ("out/bench_tiny" if args.tiny else "docs")
+    out = args.out or default_out(args.tiny)
     out.mkdir(parents=True, exist_ok=True)
     shape, kw = SHAPES[shape_name], dict(repeats=args.repeats, warmup=args.warmup)
     cases = [("train", *c) for c in TRAIN_CASES.items()] + [("generate", *c) for c in GENERATE_CASES.items()]
@@ -278,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp) / "sd"
         build_pipeline(shape, folder)
         cfg = make_cfg(shape, folder, device)
-        dev, dtype = device_and_dtype(cfg, None)
+        dev, dtype = device_dtype(cfg)
         sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
         clf = build_classifier(shape).to(dev)
         if dev.type == "cuda":
