@@ -37,8 +37,12 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 #   moved to untouched seeds.)
 # (`--generate` images use evaluate.GENERATE_SEED_OFFSET = 1,000,000 and up.) The SD 1.4 default keeps the
 # original's seeds 0..9 (docs/original.md §6), the paper's protocol.
+# - selection: candidates (--candidates K) are compared on SELECTION_SEED .. + select_size - 1 by the training
+#   classifier; candidate k > 0 trains from seed + k * CANDIDATE_SEED_STRIDE (candidate 0: `seed` itself).
 VALIDATION_SEED = 1000
 TEST_SEED = 20000
+SELECTION_SEED = 500_000
+CANDIDATE_SEED_STRIDE = 1_000_000_000
 
 
 @dataclass
@@ -49,7 +53,7 @@ class RunConfig:
     train: bool = True  # train the class token
     evaluate: bool = True  # compare "A photo of S_c <class>" with "A photo of a <class>"
     generate: int = 0  # after training, write this many images per class with the token (ImageFolder layout)
-    preset: str = ""  # "digits": the shipped miniature world (digits/); explicit flags still win
+    preset: str = ""  # digits: the shipped miniature world (digits/); original: the original code's run; flags win
     exp_id: str = "default"  # names the run's folder under pipeline_token/<class>/ and img/<class>/
     output_path: str = "."  # pipeline_token/, img/, generated/ and results.csv are written here
     skip_exists: bool = False  # skip classes whose token (and metrics, when evaluating) already exist
@@ -61,7 +65,6 @@ class RunConfig:
     eval_classifier: str = ""  # a second classifier that judges evaluation too (empty: only `classifier`)
     placeholder_token: str = "newclas"  # the new token S_c
     initializer_token: str = "a"  # S_c starts from this token's embedding
-    init_from_class_name: bool = False  # start S_c from the mean embedding of the class name's tokens instead
     # --- training (docs/original.md §2) ---
     num_train_epochs: int = 50  # at most this many epochs, one optimizer step each
     epoch_size: int = 5  # images per epoch; the same epoch_size starting noises every epoch
@@ -72,7 +75,6 @@ class RunConfig:
     accuracy_stop: float = 0.7  # stop when more than this share of an epoch's images is the target
     fresh_noise: bool = False  # new starting noises every epoch (the paper reuses the same epoch_size noises)
     reseed_on_collapse: bool = True  # as the original: seed + 1 (new noises) after an epoch loss > 2x the best
-    restart_after: int = 0  # restart S_c and new noises after N epochs never above the first's accuracy (0: off)
     keep: str = "after_step"  # kept token: after_step (original: after the best-loss epoch's update) | best_epoch
     lr: float | None = None  # None = 0.00025 x epoch_size, from the actual epoch_size
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
@@ -81,6 +83,18 @@ class RunConfig:
     max_grad_norm: float = 1.0  # clip the token's gradient (after backward) to this norm
     loss_scale: float = 65536.0  # fp16 only: initial scale of torch's dynamic GradScaler (the original's 2^16)
     max_nonfinite: int = 5  # stop a class after this many non-finite updates in a row
+    # --- many runs at once ---
+    candidates: int = 1  # train K tokens per class (own noise seeds), keep the one most accurate on selection seeds
+    select_size: int = 20  # with candidates > 1: images per candidate on the selection seeds, judged by `classifier`
+    class_batch: int = 1  # train this many classes (times their candidates) together in one batch
+    # --- the original code's computation, defects included (docs/original.md §7; --preset original) ---
+    clip_before_backward: bool = False  # clip the scaled, accumulated gradient before each backward (§7.1)
+    decay_vocabulary: bool = False  # AdamW over the whole embedding matrix: weight decay shrinks every word (§7.2)
+    pad_to_longest: bool = False  # pad training prompts (and the empty prompt) to the micro-batch's longest (§7.4)
+    text_encoder_autocast: bool = False  # the text encoder under fp16 autocast, as accelerate ran it (§3)
+    plain_clamp: bool = False  # clamp(0, 1) with its zero gradient at saturated pixels (§7.7)
+    accuracy_stop_keeps: str = "reaching"  # reaching: the token that drew the epoch | saved: the last best-loss one
+    eval_as_original: bool = False  # evaluate in fp32 with the model's safety checker, if it has one (§6)
     seed: int = 35  # seeds the training noises (the same every epoch) and the prompt order
     guidance_scale: float = 7.0  # classifier-free guidance while training
     num_of_SD_inference_steps: int = 30  # denoising steps while training
@@ -124,7 +138,21 @@ class RunConfig:
 
 
 PRESETS = {
-    # The miniature world shipped in digits/ (see digits/README.md and docs/digits.md).
+    # The original code's computation, defects included (docs/original.md §7), for replication studies:
+    # batch 1 with accumulation over the epoch, the clip before each backward on the scaled gradient,
+    # AdamW's decay of the whole vocabulary, prompts padded to the longest, the text encoder under fp16
+    # autocast, a plain clamp, the accuracy stop keeping the last saved token, fp32 evaluation with the
+    # safety checker. Combine with a world: --preset digits,original.
+    "original": dict(
+        batch_size=1,
+        clip_before_backward=True,
+        decay_vocabulary=True,
+        pad_to_longest=True,
+        text_encoder_autocast=True,
+        plain_clamp=True,
+        accuracy_stop_keeps="saved",
+        eval_as_original=True,
+    ),
     "digits": dict(
         sd_model=str(HERE / "digits" / "pipeline"),
         classifier=str(HERE / "digits" / "classifier"),
@@ -157,7 +185,7 @@ PRESETS = {
         # 16 px images need little memory; recomputing the activations cost 30% of training time
         # (same gradient up to rounding: tests/test_train.py::test_train_mode_changes_only_rounding).
         gradient_checkpointing=False,
-    )
+    ),
 }
 
 
@@ -170,7 +198,8 @@ def _validate(cfg: RunConfig) -> None:
     positive += ("eval_batch_size", "early_stopping", "number_of_prompts", "grad_steps", "max_nonfinite")
     for flag in positive:
         need(getattr(cfg, flag) > 0, flag, "must be a positive integer")
-    for flag in ("batch_size", "gradient_accumulation_steps", "generate", "eval_seed", "seed", "restart_after"):
+    positive += ("candidates", "select_size", "class_batch")
+    for flag in ("batch_size", "gradient_accumulation_steps", "generate", "eval_seed", "seed"):
         need(getattr(cfg, flag) >= 0, flag, "must be zero or a positive integer")
     for flag in ("height", "width"):
         need(getattr(cfg, flag) > 0 and getattr(cfg, flag) % 8 == 0, flag, "must be a positive multiple of 8")
@@ -185,6 +214,20 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.guidance_scale >= 1 and cfg.eval_guidance_scale >= 1, "guidance_scale", "guidance must be >= 1")
     need(cfg.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "allowed: no, fp16, bf16")
     need(cfg.keep in ("after_step", "best_epoch"), "keep", "allowed: after_step, best_epoch")
+    need(cfg.accuracy_stop_keeps in ("reaching", "saved"), "accuracy_stop_keeps", "allowed: reaching, saved")
+    need(cfg.train or cfg.candidates == 1, "candidates", "needs --train True (candidates are chosen while training)")
+    need(cfg.train or cfg.class_batch == 1, "class_batch", "needs --train True (it batches training)")
+    alone = cfg.candidates * cfg.class_batch == 1
+    need(alone or not cfg.decay_vocabulary, "decay_vocabulary", "decays the one shared vocabulary: one run at a time")
+    seeds, selection = (
+        range(cfg.eval_seed, cfg.eval_seed + cfg.test_size),
+        range(SELECTION_SEED, SELECTION_SEED + cfg.select_size),
+    )
+    need(
+        cfg.candidates == 1 or not set(seeds) & set(selection),
+        "eval_seed",
+        f"overlaps the selection seeds {SELECTION_SEED}..",
+    )
     need(cfg.classifier_pooling in ("auto", "cls", "mean"), "classifier_pooling", "allowed: auto, cls, mean")
     need(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"), "device", "auto|cpu|cuda[:N]")
     need(bool(cfg.placeholder_token.strip()), "placeholder_token", "must not be empty")
@@ -263,7 +306,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     given = vars(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     if "betas" in given:
         given["betas"] = tuple(given["betas"])
-    preset = given.get("preset", "")
-    if preset and preset not in PRESETS:
-        raise UsageError(f"--preset {preset!r}: unknown preset; allowed: {', '.join(PRESETS)}")
-    return RunConfig(**{**PRESETS.get(preset, {}), **given}).finalize()
+    values = {}
+    for name in filter(None, given.get("preset", "").split(",")):  # "digits,original": applied in order
+        if name not in PRESETS:
+            raise UsageError(f"--preset {given['preset']!r}: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
+        values |= PRESETS[name]
+    return RunConfig(**values | given).finalize()

@@ -13,8 +13,9 @@ from utils import UsageError, hub_guard
 @dataclass
 class SD:
     pipe: "object"  # the diffusers StableDiffusionPipeline (kept for save_as_full_pipeline)
-    token: nn.Parameter  # S_c's embedding: the only trained tensor (fp32)
-    token_id: int
+    token: nn.Parameter  # S_c's embedding in slot 0, used by evaluation and generation (fp32)
+    slot_ids: list[int]  # token ids of the placeholder slots: slot 0 is S_c, the others serve runs trained together
+    values: list[torch.Tensor]  # what each slot's id embeds to; training puts each run's own parameter here
     init_embedding: torch.Tensor  # the initializer token's embedding, to restart each class from
     device: torch.device
     dtype: torch.dtype  # UNet / VAE dtype
@@ -25,13 +26,23 @@ class SD:
         return getattr(self.pipe, name)
 
     @property
+    def token_id(self) -> int:
+        return self.slot_ids[0]
+
+    def slot_word(self, k: int) -> str:
+        """The placeholder word of slot k, as it is written in a prompt."""
+        return self.tokenizer.convert_ids_to_tokens(self.slot_ids[k])
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of the latents for the configured image size, from the models' configs."""
         f = self.pipe.vae_scale_factor
         return self.unet.config.in_channels, self.height // f, self.width // f
 
 
-def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, initializer: str) -> SD:
+def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, initializer: str, slots: int = 1) -> SD:
+    """The pipeline with S_c added (`slots` placeholder words: `placeholder`, then `placeholder`1, 2, ... for
+    runs trained together), frozen, in the run's dtype."""
     from diffusers import StableDiffusionPipeline
 
     with hub_guard(f"Stable Diffusion model {model}"):
@@ -45,28 +56,33 @@ def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, 
     pipe.text_encoder.to(device)
 
     tok = pipe.tokenizer
-    if placeholder in tok.get_vocab() or tok.add_tokens(placeholder) != 1:
+    words = [placeholder] + [f"{placeholder}{k}" for k in range(1, slots)]
+    if any(w in tok.get_vocab() for w in words) or tok.add_tokens(words) != len(words):
         raise UsageError(f"--placeholder_token {placeholder!r}: already in the vocabulary; choose a new word")
     init_ids = tok.encode(initializer, add_special_tokens=False)
     if len(init_ids) != 1:
         tok_list = tok.convert_ids_to_tokens(init_ids)
         raise UsageError(f"--initializer_token {initializer!r}: must be one token, the tokenizer gives {tok_list}")
-    token_id = tok.convert_tokens_to_ids(placeholder)
-    # resize_token_embeddings fills new rows randomly; the row is overwritten (and the hook below
-    # supplies S_c anyway).
+    slot_ids = tok.convert_tokens_to_ids(words)
+    # resize_token_embeddings fills new rows randomly; the rows are overwritten (and the hook below
+    # supplies each slot's value anyway).
     pipe.text_encoder.resize_token_embeddings(len(tok), mean_resizing=False)
     emb = pipe.text_encoder.get_input_embeddings()
     init = emb.weight[init_ids[0]].detach().float().clone()
     token = nn.Parameter(init.clone())
+    values = [token] + [init.clone() for _ in words[1:]]
 
     def inject(_module, inputs, out):
-        # Only S_c's row is a trained parameter: no weight decay or update can touch the rest of
+        # Only the slots' values are trained tensors: no weight decay or update can touch the rest of
         # the vocabulary (docs/original.md §7.2).
-        mask = (inputs[0] == token_id).unsqueeze(-1)
-        return torch.where(mask, token.to(out.dtype), out)
+        for tid, value in zip(slot_ids, values):
+            out = torch.where((inputs[0] == tid).unsqueeze(-1), value.to(out.dtype), out)
+        return out
 
     emb.register_forward_hook(inject)
-    sd = SD(pipe, token, token_id, init, device, dtype, *size)
+    sd = SD(pipe, token, slot_ids, values, init, device, dtype, *size)
+    for k in range(slots):
+        set_token(sd, init, k)
     for flag, v in (("height", sd.height), ("width", sd.width)):
         if v % pipe.vae_scale_factor:
             raise UsageError(f"--{flag} {v}: this model's VAE needs a multiple of {pipe.vae_scale_factor}")
@@ -103,28 +119,31 @@ def checkpointing_mode(sd: SD):
             m.eval()
 
 
-def set_token(sd: SD, value: torch.Tensor) -> None:
+def set_token(sd: SD, value: torch.Tensor, slot: int = 0) -> None:
+    """Slot `slot` embeds to `value` (slot 0: S_c, whose parameter `sd.token` takes the value)."""
     with torch.no_grad():
-        sd.token.copy_(value)
-        sd.text_encoder.get_input_embeddings().weight[sd.token_id] = value.to(sd.text_encoder.dtype)
+        if slot == 0:
+            sd.token.copy_(value)
+            sd.values[0] = sd.token
+        else:
+            sd.values[slot] = value.detach().float().clone()
+        sd.text_encoder.get_input_embeddings().weight[sd.slot_ids[slot]] = value.to(sd.text_encoder.dtype)
 
 
-def word_embedding(sd: SD, text: str) -> torch.Tensor:
-    """The mean input embedding of `text`'s tokens ("tiger cat": two rows), fp32."""
-    ids = sd.tokenizer.encode(text, add_special_tokens=False)
-    if not ids or sd.token_id in ids:
-        raise UsageError(f"cannot start S_c from {text!r}: it has no tokens of its own")
-    with torch.no_grad():
-        return sd.text_encoder.get_input_embeddings().weight[ids].float().mean(0)
+def encode(sd: SD, prompts: list[str], length: int | None = None, autocast: bool = False) -> torch.Tensor:
+    """Prompt embeddings, padded to `length` tokens: by default the tokenizer's max length, as generation
+    pads them (the original padded training prompts to the batch's longest: docs/original.md §7.4).
+    `autocast`: the text encoder under fp16 autocast, as the original's accelerate-prepared encoder (§3)."""
+    length = length or sd.tokenizer.model_max_length
+    ids = sd.tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    with torch.autocast(sd.device.type, torch.float16, enabled=autocast):
+        return sd.text_encoder(ids.input_ids.to(sd.device))[0].to(sd.dtype)
 
 
-def encode(sd: SD, prompts: list[str]) -> torch.Tensor:
-    """Prompt embeddings, padded to the tokenizer's max length as generation pads them (the
-    original padded training prompts to the batch's longest: docs/original.md §7.4)."""
-    ids = sd.tokenizer(
-        prompts, padding="max_length", max_length=sd.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    ).input_ids.to(sd.device)
-    return sd.text_encoder(ids)[0].to(sd.dtype)
+def longest_prompt(sd: SD, prompts: list[str]) -> int:
+    """The number of tokens of the longest prompt (with start and end tokens)."""
+    ids = sd.tokenizer(prompts, truncation=True, max_length=sd.tokenizer.model_max_length).input_ids
+    return max(len(i) for i in ids)
 
 
 def initial_noise(sd: SD, seeds: list[int] | None = None, n: int = 0, seed: int = 0) -> torch.Tensor:

@@ -34,7 +34,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.test_size))
     prompts = {
         "token": class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name),
-        "baseline": class_prompt(EVAL_TEMPLATE, "a", name),
+        "baseline": class_prompt(EVAL_TEMPLATE, cfg.initializer_token, name),  # the original's (docs/original.md §6)
     }
     metrics = dict(class_index=target + 1, class_name=name, exp_id=cfg.exp_id, seeds=seeds, prompts=prompts)
     metrics["settings"] = dict(sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
@@ -74,6 +74,19 @@ def intervals(res: dict, target: int) -> dict:
     out = {f"{kind}_ci": list(wilson(sum(h), len(h))) for kind, h in hits.items()}
     gain, low, high = paired_gain(hits["token"], hits["baseline"])
     return out | dict(gain=gain, gain_ci=[low, high])
+
+
+def selection_accuracy(cfg, sd, clf, token: torch.Tensor, target: int, name: str) -> dict:
+    """A candidate's accuracy on the selection seeds, judged by the training classifier `clf` only (the
+    evaluation classifier and the evaluation seeds never take part in choosing), with its Wilson interval."""
+    from config import SELECTION_SEED
+
+    set_token(sd, token)
+    seeds = list(range(SELECTION_SEED, SELECTION_SEED + cfg.select_size))
+    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name)
+    images = generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
+    hits = sum(p == target for p in classify(clf, images, cfg.eval_batch_size, sd.device))
+    return dict(selection_accuracy=hits / len(seeds), selection_ci=list(wilson(hits, len(seeds))))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -151,7 +164,7 @@ def generate_dataset(cfg, sd, name: str, paths, out_dir: Path, token: bool = Tru
     an ImageFolder class folder; files already there are kept, so an interrupted run resumes."""
     if token:
         set_token(sd, load_token(paths.token, cfg.placeholder_token))
-    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token if token else "a", name)
+    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token if token else cfg.initializer_token, name)
     todo = [s for s in range(cfg.generate) if not (out_dir / f"{s:05d}.png").exists()]
     for i in tqdm(range(0, len(todo), cfg.eval_batch_size), desc=f"generate {paths.dir_name}", leave=False):
         chunk = todo[i : i + cfg.eval_batch_size]

@@ -8,9 +8,10 @@ accelerate launch --num_processes 8 run.py --class_index 1-1000   # classes shar
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from config import RunConfig, parse_args
-from utils import UsageError
+if TYPE_CHECKING:  # run.py imports the project lazily: quiet_other_ranks must run before tqdm is imported
+    from config import RunConfig
 
 
 def quiet_other_ranks() -> None:
@@ -22,14 +23,14 @@ def quiet_other_ranks() -> None:
         os.environ["TQDM_DISABLE"] = "1"
 
 
-def run(cfg: RunConfig) -> int:
+def run(cfg: "RunConfig") -> int:
     import torch
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from evaluate import check_fid_references, evaluate_class, generate_dataset
-    from report import format_table, report_line, write_summary
-    from utils import remove_stale_tmp
+    from evaluate import check_fid_references
+    from report import format_table, write_summary
+    from utils import UsageError, remove_stale_tmp
     from workspace import (
         ClassPaths,
         device_and_dtype,
@@ -37,8 +38,7 @@ def run(cfg: RunConfig) -> int:
         load_diffusion,
         quiet_libraries,
         resolve_classes,
-        save_full_pipeline,
-        train_and_record,
+        train_batch,
     )
 
     quiet_libraries()
@@ -58,24 +58,21 @@ def run(cfg: RunConfig) -> int:
 
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
     hide = len(mine) < 2 or not state.is_main_process  # an explicit disable= overrides TQDM_DISABLE
-    for c in tqdm(mine, desc="classes", unit="class", disable=hide, position=0, dynamic_ncols=True):
-        paths = ClassPaths.of(cfg, c, labels[c])
-        remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
-        done = paths.token.exists() and (paths.metrics.exists() or not cfg.evaluate)
-        if cfg.skip_exists and done:
-            continue
-        if cfg.train:
-            train_and_record(cfg, sd, classifiers["classifier"], c, labels[c], paths, state.process_index)
-        if cfg.evaluate:
-            m = evaluate_class(cfg, sd, classifiers, c, labels[c], paths)
-            tqdm.write(report_line(m))
-        if cfg.generate:
-            generate_dataset(cfg, sd, labels[c], paths, Path(cfg.output_path) / "generated" / paths.dir_name)
-            if cfg.generate_baseline:  # the same seeds with "A photo of a <class>" (digits/augment.py compares)
-                out = Path(cfg.output_path) / "generated_baseline" / paths.dir_name
-                generate_dataset(cfg, sd, labels[c], paths, out, token=False)
-        if cfg.save_as_full_pipeline:
-            save_full_pipeline(sd, paths.token_dir / "pipeline")
+    bar = tqdm(total=len(mine), desc="classes", unit="class", disable=hide, position=0, dynamic_ncols=True)
+    for start in range(0, len(mine), cfg.class_batch):
+        jobs = []
+        for c in mine[start : start + cfg.class_batch]:
+            paths = ClassPaths.of(cfg, c, labels[c])
+            remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
+            done = paths.token.exists() and (paths.metrics.exists() or not cfg.evaluate)
+            if not (cfg.skip_exists and done):
+                jobs.append((c, labels[c], paths))
+        if cfg.train and jobs:
+            train_batch(cfg, sd, classifiers["classifier"], jobs, state.process_index)
+        for c, name, paths in jobs:
+            finish_class(cfg, sd, classifiers, c, name, paths)
+        bar.update(len(mine[start : start + cfg.class_batch]))
+    bar.close()
     state.wait_for_everyone()
     if state.is_main_process:
         rows = write_summary(cfg, classes, labels)
@@ -84,8 +81,30 @@ def run(cfg: RunConfig) -> int:
     return 0
 
 
+def finish_class(cfg: "RunConfig", sd, classifiers: dict, c: int, name: str, paths) -> None:
+    """After training: evaluation, generated images, the full pipeline, as asked."""
+    from tqdm.auto import tqdm
+
+    from evaluate import evaluate_class, generate_dataset
+    from report import report_line
+    from workspace import save_full_pipeline
+
+    if cfg.evaluate:
+        tqdm.write(report_line(evaluate_class(cfg, sd, classifiers, c, name, paths)))
+    if cfg.generate:
+        generate_dataset(cfg, sd, name, paths, Path(cfg.output_path) / "generated" / paths.dir_name)
+        if cfg.generate_baseline:  # the same seeds with "A photo of a <class>" (digits/augment.py compares)
+            out = Path(cfg.output_path) / "generated_baseline" / paths.dir_name
+            generate_dataset(cfg, sd, name, paths, out, token=False)
+    if cfg.save_as_full_pipeline:
+        save_full_pipeline(sd, paths.token_dir / "pipeline")
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
+
+    from config import parse_args
+    from utils import UsageError
 
     try:
         return run(parse_args(argv))

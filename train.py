@@ -1,17 +1,24 @@
-"""Training one class token (docs/original.md §1, §2 and §5, without the defects of §7)."""
+"""Training class tokens (docs/original.md §1, §2 and §5; the defects of §7 only when asked for).
+
+A *run* is one token being trained: one class, one training-noise seed, the original's rules (its own
+AdamW state, loss scale, clipping, stopping counter, re-seeding and kept token). Several runs train
+together: a forward pass holds the live runs' images, each prompt carries its own run's placeholder
+(one embedding slot per run), and one backward serves them all, since a run's token only enters its
+own images. A run that stops leaves the batch."""
 
 import json
 import math
 import time
 import warnings
-from functools import partial
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from diffusion import checkpointing_mode, decode, denoise, encode, initial_noise, set_token, word_embedding
+from diffusion import checkpointing_mode, decode, denoise, encode, initial_noise, longest_prompt, set_token
 from prompt_datasets import PromptDataset
 from utils import atomic_path, save_image, write_text
 
@@ -23,59 +30,39 @@ def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
     return images + (images.clamp(0, 1) - images).detach()
 
 
-def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, target: int, cfg):
+def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, targets, cfg):
     """One micro-batch: prompts -> denoising (a graph only through the last `grad_steps` sampler
-    steps) -> VAE decode -> clamp (straight-through) -> classifier -> summed cross-entropy."""
-    cond = encode(sd, prompts)  # the only input that depends on the token
+    steps) -> VAE decode -> clamp -> classifier -> per-image cross-entropy. `targets`: one class for
+    all images, or one per image."""
+    length = longest_prompt(sd, prompts) if cfg.pad_to_longest else None
+    cond = encode(sd, prompts, length, cfg.text_encoder_autocast)  # the only input that depends on a token
     with torch.no_grad():
-        uncond = encode(sd, [""]).expand(len(prompts), -1, -1)
+        uncond = encode(sd, [""], length, cfg.text_encoder_autocast).expand(len(prompts), -1, -1)
     with checkpointing_mode(sd):
         latents = denoise(sd, noise, cond, uncond, cfg.num_of_SD_inference_steps, cfg.guidance_scale, cfg.grad_steps)
-        images = straight_through_clamp(decode(sd, latents))
+        images = decode(sd, latents)
+        images = images.clamp(0, 1) if cfg.plain_clamp else straight_through_clamp(images)
     logits = clf(images)
-    loss = F.cross_entropy(logits, torch.full((len(prompts),), target, device=logits.device), reduction="sum")
-    return loss, logits.detach().argmax(1), images.detach()
+    targets = torch.as_tensor(targets, device=logits.device).expand(len(prompts))
+    return F.cross_entropy(logits, targets, reduction="none"), logits.detach().argmax(1), images.detach()
 
 
-def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scaler=None, on_images=None):
-    """One epoch's images in micro-batches of `bs`; each micro-batch's summed loss / epoch size
-    (times the fp16 loss scale, if a GradScaler is given) is backpropagated, so the token's
-    accumulated gradient is that of the epoch's mean loss (batch 1 with accumulation, as the
-    original, gives the same gradient: tests/test_batching.py). Returns the mean loss and the
-    predicted classes."""
-    loss_sum, preds = torch.zeros((), device=sd.device), []
-    for s in range(0, len(prompts), bs):
-        loss, pred, images = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], target, cfg)
-        mean_part = loss / len(prompts)
-        (scaler.scale(mean_part) if scaler is not None else mean_part).backward()
-        loss_sum += loss.detach()
-        preds += pred.tolist()
-        if on_images is not None:
-            on_images(s, images, pred.tolist())
-    return loss_sum.item() / len(prompts), preds
-
-
-def save_train_images(folder, labels: list[str], epoch: int, start: int, images, preds: list[int]) -> None:
-    """e003_02_282_tiger_cat.png: epoch, image, predicted class. Compress level 1: PNG's default
-    level costs about as much as the GPU work per image."""
-    for k, (im, p) in enumerate(zip(images, preds)):
-        save_image(folder / f"e{epoch:03d}_{start + k:02d}_{p}_{labels[p]}.png", im, compress_level=1)
-
-
-def micro_batch_size(cfg, device: torch.device) -> int:
-    """`batch_size`, or automatically: the whole epoch on CPU; on a GPU as many images as free
-    memory allows, from the measurements in docs/performance.md at 512 px (about 4 GiB fixed,
-    3.4 GiB per image with checkpointing, 4.4 without), scaled by pixels and gradient steps."""
+def micro_batch_size(cfg, device: torch.device, runs: int = 1) -> int:
+    """Images per forward pass: `batch_size`, or automatically: everything on the CPU; on a GPU as many
+    images as free memory allows, from the measurements at 512 px in docs/performance.md (about 4 GiB
+    fixed, 3.4 GiB per image with checkpointing, 4.4 without), scaled by pixels and gradient steps.
+    With several runs, `batch_size` counts one run's images; forwards hold that many from each run."""
+    total = cfg.epoch_size * runs
     if cfg.batch_size:
-        return min(cfg.batch_size, cfg.epoch_size)
+        return min(cfg.batch_size, cfg.epoch_size) * runs
     if device.type != "cuda":
-        return cfg.epoch_size
+        return total
     free_gib = torch.cuda.mem_get_info(device)[0] / 2**30
     per_image = (3.4 if cfg.gradient_checkpointing else 4.4) * cfg.height * cfg.width / 512**2
     per_image *= 1 + 0.1 * (cfg.grad_steps - 1)
-    fits = max(1, min(cfg.epoch_size, int((0.9 * free_gib - 4) / per_image)))
-    n = -(-cfg.epoch_size // fits)  # fewest micro-batches, balanced: 5 -> 3 + 2, not 4 + 1
-    return -(-cfg.epoch_size // n)
+    fits = max(1, min(total, int((0.9 * free_gib - 4) / per_image)))
+    n = -(-total // fits)  # fewest micro-batches, balanced: 5 -> 3 + 2, not 4 + 1
+    return -(-total // n)
 
 
 def save_token(path, placeholder: str, value: torch.Tensor) -> None:
@@ -91,19 +78,24 @@ def load_token(path, placeholder: str) -> torch.Tensor:
 
 
 def make_scaler(sd, cfg) -> torch.amp.GradScaler:
-    """The original's `Accelerator(mixed_precision="fp16")` + `accelerator.backward`: torch's
-    dynamic GradScaler (initial scale 2^16, halved and the step skipped on overflow, doubled
-    after 2000 clean steps). Off (a pass-through) unless the UNet and VAE run in fp16."""
-    return torch.amp.GradScaler(sd.device.type, init_scale=cfg.loss_scale, enabled=sd.dtype == torch.float16)
+    """The original's `Accelerator(mixed_precision="fp16")` + `accelerator.backward`: torch's dynamic
+    GradScaler (initial scale 2^16, halved and the step skipped on overflow, doubled after 2000 clean
+    steps). A pass-through unless the UNet and VAE run in fp16, or the original's clip sequence is
+    asked for: its effect depends on the scale (docs/original.md §7.1), so it gets the scale in fp32 too."""
+    on = sd.dtype == torch.float16 or cfg.clip_before_backward
+    return torch.amp.GradScaler(sd.device.type, init_scale=cfg.loss_scale, enabled=on)
 
 
-def update_token(opt, scaler, token: torch.nn.Parameter, max_grad_norm: float, loss: float) -> dict:
-    """Unscale, clip after backward (the original clipped before it: docs/original.md §7.1),
-    step unless the loss or gradient is not finite; the scaler halves its scale after an
-    overflow. Returns what the epoch's log records about the update."""
+def update_token(opt, scaler, token: torch.nn.Parameter, max_grad_norm: float, loss: float, clip: bool = True):
+    """Unscale, clip after backward (unless the original's clip before backward already ran), step
+    unless the loss or gradient is not finite; the scaler halves its scale after an overflow. Returns
+    what the epoch's log records about the update."""
     scale = scaler.get_scale() if scaler.is_enabled() else 1.0
     scaler.unscale_(opt)
-    grad_norm = torch.nn.utils.clip_grad_norm_([token], max_grad_norm).item()
+    if clip:
+        grad_norm = torch.nn.utils.clip_grad_norm_([token], max_grad_norm).item()
+    else:
+        grad_norm = token.grad.norm().item() if token.grad is not None else 0.0
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
     if finite:
         scaler.step(opt)
@@ -111,108 +103,223 @@ def update_token(opt, scaler, token: torch.nn.Parameter, max_grad_norm: float, l
     return dict(grad_norm=grad_norm, skipped=not finite, zero_grad=finite and grad_norm == 0.0, loss_scale=scale)
 
 
-def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> dict:
-    """Optimise S_c for class `target` with the original's schedule and stopping rules
-    (docs/original.md §5); write the kept token, the log and a summary.
+@dataclass
+class Run:
+    """One token being trained, with the original's rules (docs/original.md §5) and its own files."""
 
-    `on_epoch(entry, images)`, if given, is called after each epoch with its log entry and its
-    images ([N, 3, H, W] in [0, 1]); returning True stops training (the kept token is as below)."""
-    start = time.time()
-    init = word_embedding(sd, name) if cfg.init_from_class_name else sd.init_embedding
-    set_token(sd, init)
-    adamw = partial(torch.optim.AdamW, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, eps=cfg.eps)
-    opt, scaler = adamw([sd.token]), make_scaler(sd, cfg)
-    prompts = PromptDataset(cfg.placeholder_token, name, cfg.number_of_prompts, cfg.epoch_size)
-    bs = micro_batch_size(cfg, sd.device)
-    best_loss, kept, kept_epoch = math.inf, sd.token.detach().clone(), None
-    noise_seed, since_best, bad_in_row = cfg.seed, 0, 0
-    accuracies = []  # training accuracies since the (re)start
-    log, stop = [], "num_train_epochs"
-    bar = tqdm(range(cfg.num_train_epochs), desc=paths.dir_name, leave=False, dynamic_ncols=True)
-    for epoch in bar:
-        epoch_prompts = prompts.epoch(cfg.seed, epoch)
-        # The paper reuses the same epoch_size noises every epoch (until a collapse re-seeds them);
-        # fresh_noise draws new ones each epoch.
-        noise = initial_noise(sd, n=cfg.epoch_size, seed=noise_seed + (epoch if cfg.fresh_noise else 0))
-        opt.zero_grad(set_to_none=True)
-        images = []
-        save = partial(save_train_images, paths.img_dir / "train", clf.labels, epoch)
-        on_images = partial(_keep_and_save, images, save)
-        epoch_loss, preds = epoch_gradient(sd, clf, epoch_prompts, noise, target, cfg, bs, scaler, on_images)
-        accuracy = sum(p == target for p in preds) / len(preds)
-        token_before = sd.token.detach().clone()  # the token that produced this epoch's images
-        update = update_token(opt, scaler, sd.token, cfg.max_grad_norm, epoch_loss)
-        entry = dict(epoch=epoch, loss=epoch_loss, accuracy=accuracy, predictions=preds, **update)
-        log.append(entry | dict(lr=cfg.lr, noise_seed=noise_seed, prompts=epoch_prompts))
-        write_text(paths.log, "".join(json.dumps(e) + "\n" for e in log))
-        bar.set_postfix(loss=f"{epoch_loss:.3f}", acc=f"{accuracy:.2f}")
-        user_stop = on_epoch is not None and on_epoch(log[-1], torch.cat(images))
-        if update["zero_grad"] and sum(e["zero_grad"] for e in log) == 1:
-            warnings.warn(f"{paths.dir_name}: gradient underflow: try --mixed_precision bf16", stacklevel=2)
-        if not math.isfinite(epoch_loss) or (update["skipped"] and not scaler.is_enabled()):
-            # No scaler can recover this: no update, counted, a non-improving epoch. (An fp16
-            # gradient overflow with a finite loss is the scaler's business, as in the original:
-            # the step is skipped, the scale halved, and the epoch counts as any other.)
-            bad_in_row, since_best = bad_in_row + 1, since_best + 1
-            warnings.warn(f"{paths.dir_name} epoch {epoch}: non-finite loss or gradient, update skipped", stacklevel=2)
-            if bad_in_row >= cfg.max_nonfinite:
-                stop = f"{bad_in_row} non-finite updates in a row (try --mixed_precision no or bf16, or lower --lr)"
-                break
+    cfg: object
+    target: int
+    name: str  # the class name in prompts
+    seed: int  # training noises and prompt order (a collapse re-seeds with + 1)
+    log_path: Path
+    img_dir: Path  # training images go here
+    init: torch.Tensor
+    label: str = ""  # names the run in warnings, e.g. 283_tiger_cat
+    slot: int = 0
+    token: torch.nn.Parameter = None
+    best_loss: float = math.inf
+    kept_epoch: int | None = None
+    since_best: int = 0
+    bad_in_row: int = 0
+    stop: str | None = None
+    log: list = field(default_factory=list)
+    clips: list = field(default_factory=list)  # this epoch's clips before backward: did each cut?
+    start: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        c = self.cfg
+        self.token = torch.nn.Parameter(self.init.detach().clone())
+        self.kept, self.noise_seed = self.token.detach().clone(), self.seed
+        self.opt = torch.optim.AdamW([self.token], lr=c.lr, betas=c.betas, weight_decay=c.weight_decay, eps=c.eps)
+
+    def epoch_inputs(self, sd, epoch: int) -> tuple[list[str], torch.Tensor]:
+        """This epoch's prompts (with the run's slot word) and starting noises (the same every epoch
+        until a collapse re-seeds them, as the paper; `fresh_noise`: new ones each epoch)."""
+        c = self.cfg
+        words = PromptDataset(sd.slot_word(self.slot), self.name, c.number_of_prompts, c.epoch_size)
+        seed = self.noise_seed + (epoch if c.fresh_noise else 0)
+        return words.epoch(self.seed, epoch), initial_noise(sd, n=c.epoch_size, seed=seed)
+
+    def clip_before_backward(self) -> None:
+        """The original's `clip_grad_norm_` before `accelerator.backward` (docs/original.md §7.1): it acts on
+        the scaled gradient accumulated so far. Records whether it cut (the last call decides the regime)."""
+        if self.token.grad is not None:
+            norm = torch.nn.utils.clip_grad_norm_([self.token], self.cfg.max_grad_norm).item()
+            self.clips.append(norm > self.cfg.max_grad_norm)
+
+    def finish_epoch(self, epoch: int, loss: float, preds: list[int], scaler) -> dict:
+        """Update the token, then the original's rules in its order; writes the log. Sets `stop`."""
+        c = self.cfg
+        accuracy = sum(p == self.target for p in preds) / len(preds)
+        token_before = self.token.detach().clone()  # the token that produced this epoch's images
+        update = update_token(self.opt, scaler, self.token, c.max_grad_norm, loss, clip=not c.clip_before_backward)
+        entry = dict(epoch=epoch, loss=loss, accuracy=accuracy, predictions=preds, **update)
+        if c.clip_before_backward:  # the update came from the last image alone when the last clip cut
+            entry |= dict(clips=self.clips, last_image_regime=bool(self.clips and self.clips[-1]))
+        self.log.append(entry | dict(lr=c.lr, noise_seed=self.noise_seed, seed=self.seed))
+        write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
+        if update["zero_grad"] and sum(e["zero_grad"] for e in self.log) == 1:
+            warnings.warn(f"{self.label}: gradient underflow: try --mixed_precision bf16", stacklevel=2)
+        self._rules(epoch, loss, accuracy, update, token_before, scaler)
+        return entry
+
+    def _rules(self, epoch, loss, accuracy, update, token_before, scaler) -> None:
+        c = self.cfg
+        if not math.isfinite(loss) or (update["skipped"] and not scaler.is_enabled()):
+            # Counted; stops the run after max_nonfinite in a row (not an original rule). An fp16
+            # overflow with a finite loss is the scaler's business: step skipped, scale halved.
+            self.bad_in_row += 1
+            warnings.warn(f"{self.label} epoch {epoch}: non-finite loss or gradient", stacklevel=3)
         else:
-            bad_in_row = 0
-            # The original's rules, in its order, after the step: a loss above twice the best
-            # re-seeds the noises ("training collapse"); a new best keeps the token AFTER this
-            # step (the original saves its pipeline there; keep="best_epoch": the token that
-            # produced the loss, since one large step can undo it); otherwise the counter drops.
-            if cfg.reseed_on_collapse and epoch_loss > 2 * best_loss:
-                noise_seed += 1
-            if epoch_loss < best_loss:
-                kept = sd.token.detach().clone() if cfg.keep == "after_step" else token_before
-                best_loss, kept_epoch, since_best = epoch_loss, epoch, 0
-            else:
-                since_best += 1
-            if accuracy > cfg.accuracy_stop:  # keep the token that reached the accuracy (README: differences)
-                kept, kept_epoch = token_before, epoch
-                stop = f"accuracy {accuracy:.2f} > {cfg.accuracy_stop}"
+            self.bad_in_row = 0
+        # The original's rules, in its order, after the step: a loss above twice the best (an infinite
+        # one too) re-seeds the noises ("training collapse"); a new best keeps the token AFTER this step
+        # (the original saves its pipeline there; keep="best_epoch": the token that produced the loss);
+        # otherwise the counter drops.
+        if c.reseed_on_collapse and (loss > 2 * self.best_loss or loss == math.inf):
+            self.noise_seed += 1
+        if loss < self.best_loss:
+            self.kept = self.token.detach().clone() if c.keep == "after_step" else token_before
+            self.best_loss, self.kept_epoch, self.since_best = loss, epoch, 0
+        else:
+            self.since_best += 1
+        if accuracy > c.accuracy_stop:
+            if c.accuracy_stop_keeps == "reaching":  # the token known to draw the class (docs/differences.md)
+                self.kept, self.kept_epoch = token_before, epoch
+            self.stop = f"accuracy {accuracy:.2f} > {c.accuracy_stop}"
+        elif self.bad_in_row >= c.max_nonfinite:
+            self.stop = (
+                f"{self.bad_in_row} non-finite updates in a row (try --mixed_precision no or bf16, or lower --lr)"
+            )
+        elif self.since_best > c.early_stopping:  # the original stops when its counter drops below zero
+            self.stop = f"no loss improvement for {self.since_best} epochs"
+
+    def summary(self) -> dict:
+        s = dict(seed=self.seed, epochs=len(self.log), best_epoch=self.kept_epoch, best_loss=self.best_loss)
+        s |= dict(stop=self.stop or "num_train_epochs", kept_token=self._kept_description())
+        s |= dict(noise_seeds=sorted({e["noise_seed"] for e in self.log}))
+        s |= dict(nonfinite_skipped=sum(e["skipped"] for e in self.log))
+        s |= dict(zero_grad_epochs=sum(e["zero_grad"] for e in self.log))
+        if self.cfg.clip_before_backward:
+            s["last_image_regime_epochs"] = sum(e["last_image_regime"] for e in self.log)
+        return s | dict(seconds=round(time.time() - self.start, 2))
+
+    def _kept_description(self) -> str:
+        if self.kept_epoch is None:
+            return "the initializer's embedding (no better epoch)"
+        if (self.stop or "").startswith("accuracy") and self.cfg.accuracy_stop_keeps == "reaching":
+            return f"the token that produced epoch {self.kept_epoch} (accuracy stop)"
+        if self.cfg.keep == "best_epoch":
+            return f"the token that produced epoch {self.kept_epoch} (lowest epoch loss)"
+        return f"the token after epoch {self.kept_epoch}'s update (lowest epoch loss)"
+
+
+def train_runs(cfg, sd, clf, runs: list[Run], labels: list[str], on_epoch=None, desc: str = "train") -> None:
+    """Train `runs` together, one optimizer step per run per epoch, until each stops. `on_epoch(run,
+    entry, images)`, if given, is called after each run's epoch; returning True stops that run."""
+    for k, run in enumerate(runs):
+        run.slot = k
+    scalers = {id(r): make_scaler(sd, cfg) for r in runs}
+    vocabulary = _vocabulary_snapshot(sd, cfg)
+    bar = tqdm(total=cfg.num_train_epochs, desc=desc, leave=False, dynamic_ncols=True)
+    try:
+        for epoch in range(cfg.num_train_epochs):
+            live = [r for r in runs if r.stop is None]
+            if not live:
                 break
-            accuracies.append(accuracy)
-            if _on_plateau(accuracies, cfg.restart_after):
-                # Not an original rule (README: differences): the token never beat its first epoch's
-                # accuracy on these noises; start again from the initializer with new noises.
-                set_token(sd, init)
-                opt, noise_seed, accuracies = adamw([sd.token]), noise_seed + 1, []
-        if since_best > cfg.early_stopping:  # the original stops when its counter drops below zero
-            stop = f"no loss improvement for {since_best} epochs"
-            break
-        if user_stop:
-            stop = "stopped by the user"
-            break
-    bar.close()
-    set_token(sd, kept)
-    save_token(paths.token, cfg.placeholder_token, kept)
-    summary = dict(epochs=len(log), best_epoch=kept_epoch, best_loss=best_loss, stop=stop)
-    summary |= dict(
-        kept_token=_kept_description(stop, kept_epoch, cfg.keep), noise_seeds=sorted({e["noise_seed"] for e in log})
-    )
-    summary |= dict(nonfinite_skipped=sum(e["skipped"] for e in log), zero_grad_epochs=sum(e["zero_grad"] for e in log))
-    return summary | dict(micro_batch_size=bs, seconds=round(time.time() - start, 2))
+            results = epoch_step(cfg, sd, clf, live, epoch, scalers, labels)
+            for run, (loss, preds, images) in zip(live, results):
+                entry = run.finish_epoch(epoch, loss, preds, scalers[id(run)])
+                _decay_vocabulary(sd, cfg, run, entry)
+                if on_epoch is not None and on_epoch(run, run.log[-1], images) and run.stop is None:
+                    run.stop = "stopped by the user"
+            bar.update()
+            bar.set_postfix(runs_left=sum(r.stop is None for r in runs), loss=f"{min(r[0] for r in results):.3f}")
+    finally:
+        bar.close()
+        for k in range(len(runs)):
+            set_token(sd, sd.init_embedding, k)  # the slots are free again
+        if vocabulary is not None:
+            sd.text_encoder.get_input_embeddings().weight.data.copy_(vocabulary)
 
 
-def _on_plateau(accuracies: list[float], after: int) -> bool:
-    """`after` epochs (0: never) and the training accuracy never rose above the first one's."""
-    return after > 0 and len(accuracies) >= after and max(accuracies) <= accuracies[0]
+def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, scalers: dict, labels: list[str]) -> list[tuple]:
+    """One epoch of every live run: image j of every run shares micro-step j's forward (so batch 1 per
+    run with accumulation is exactly the original's micro-step order); each image's loss is weighted by
+    its run's loss scale / epoch_size, so each token's gradient is that of its epoch's mean loss."""
+    inputs = [run.epoch_inputs(sd, epoch) for run in runs]
+    for run in runs:
+        run.opt.zero_grad(set_to_none=True)
+        run.clips = []
+        sd.values[run.slot] = run.token
+    items = [(k, j) for j in range(cfg.epoch_size) for k in range(len(runs))]
+    per_forward = micro_batch_size(cfg, sd.device, len(runs))
+    losses, preds, images = [[0.0] * cfg.epoch_size for _ in runs], [[0] * cfg.epoch_size for _ in runs], {}
+    for s in range(0, len(items), per_forward):
+        chunk = items[s : s + per_forward]
+        if cfg.clip_before_backward:
+            for k in sorted({k for k, _ in chunk}):
+                runs[k].clip_before_backward()
+        prompts = [inputs[k][0][j] for k, j in chunk]
+        noise = torch.cat([inputs[k][1][j : j + 1] for k, j in chunk])
+        targets = [runs[k].target for k, _ in chunk]
+        weight = [_scale(scalers[id(runs[k])]) / cfg.epoch_size for k, _ in chunk]
+        loss, pred, batch = train_step(sd, clf, prompts, noise, targets, cfg)
+        (loss * torch.tensor(weight, device=loss.device, dtype=loss.dtype)).sum().backward()
+        for (k, j), value, p, im in zip(chunk, loss.tolist(), pred.tolist(), batch):
+            losses[k][j], preds[k][j] = value, p
+            images.setdefault(k, {})[j] = im.cpu()
+            save_image(runs[k].img_dir / f"e{epoch:03d}_{j:02d}_{p}_{labels[p]}.png", im, compress_level=1)
+    for run in runs:
+        sd.values[run.slot] = run.token.detach()
+    out = []
+    for k in range(len(runs)):
+        out.append((sum(losses[k]) / cfg.epoch_size, preds[k], torch.stack([images[k][j] for j in sorted(images[k])])))
+    return out
 
 
-def _keep_and_save(images: list, save, start: int, batch: torch.Tensor, preds: list[int]) -> None:
-    images.append(batch.cpu())
-    save(start, batch, preds)
+def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scaler=None) -> tuple[float, list[int]]:
+    """One run's epoch gradient into `sd.token` (slot 0), in micro-batches of `bs`, each image's loss
+    weighted by the loss scale / epoch size, as `epoch_step` computes it (the benchmark times it)."""
+    total, preds = 0.0, []
+    for s in range(0, len(prompts), bs):
+        loss, pred, _ = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], target, cfg)
+        (loss.sum() * (_scale(scaler) if scaler is not None else 1.0) / len(prompts)).backward()
+        total, preds = total + loss.sum().item(), preds + pred.tolist()
+    return total / len(prompts), preds
 
 
-def _kept_description(stop: str, epoch: int | None, keep: str) -> str:
-    if epoch is None:
-        return "the initializer's embedding (no finite epoch)"
-    if stop.startswith("accuracy"):
-        return f"the token that produced epoch {epoch} (accuracy stop)"
-    if keep == "best_epoch":
-        return f"the token that produced epoch {epoch} (lowest epoch loss)"
-    return f"the token after epoch {epoch}'s update (lowest epoch loss)"
+def _scale(scaler) -> float:
+    return scaler.get_scale() if scaler.is_enabled() else 1.0
+
+
+def _vocabulary_snapshot(sd, cfg):
+    """With `decay_vocabulary` (the original's AdamW over the whole embedding matrix), the vocabulary is
+    decayed during training and restored afterwards."""
+    return sd.text_encoder.get_input_embeddings().weight.detach().clone() if cfg.decay_vocabulary else None
+
+
+def _decay_vocabulary(sd, cfg, run: Run, entry: dict) -> None:
+    """AdamW over the whole matrix with the other rows' gradients zeroed (docs/original.md §7.2): their Adam
+    moments stay zero, so each taken step changes them only by the decoupled weight decay."""
+    if cfg.decay_vocabulary and not entry["skipped"]:  # a step was taken
+        with torch.no_grad():
+            weight = sd.text_encoder.get_input_embeddings().weight
+            others = torch.ones(len(weight), dtype=torch.bool, device=weight.device)
+            others[sd.slot_ids] = False
+            weight[others] *= 1 - cfg.lr * cfg.weight_decay
+
+
+def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> dict:
+    """Optimise S_c for class `target` with the original's schedule and stopping rules; write the kept
+    token, the log and a summary. `on_epoch(entry, images)` as in `train_runs`, for the one run."""
+    run = new_run(cfg, sd, target, name, paths.log, paths.img_dir / "train", cfg.seed, paths.dir_name)
+    callback = None if on_epoch is None else (lambda _run, entry, images: on_epoch(entry, images))
+    train_runs(cfg, sd, clf, [run], clf.labels, callback, desc=paths.dir_name)
+    set_token(sd, run.kept)
+    save_token(paths.token, cfg.placeholder_token, run.kept)
+    return run.summary() | dict(micro_batch_size=micro_batch_size(cfg, sd.device))
+
+
+def new_run(cfg, sd, target: int, name: str, log_path: Path, img_dir: Path, seed: int, label: str = "") -> Run:
+    return Run(cfg, target, name, seed, Path(log_path), Path(img_dir), sd.init_embedding, label)

@@ -47,6 +47,12 @@ class ClassPaths:
     def metrics(self) -> Path:
         return self.token_dir / "metrics.json"
 
+    def candidate_files(self, k: int, candidates: int) -> tuple[Path, Path]:
+        """(training log, training-image folder) of candidate k; a single run keeps the plain layout."""
+        if candidates == 1:
+            return self.log, self.img_dir / "train"
+        return self.token_dir / "candidates" / str(k) / "train_log.jsonl", self.img_dir / "train" / f"candidate{k}"
+
 
 def resolve_classes(cfg: RunConfig, labels: list[str]) -> list[int]:
     """0-based class indices, checked against the classifier's classes."""
@@ -91,9 +97,10 @@ def load_diffusion(cfg: RunConfig, classifiers: dict, device: torch.device, dtyp
     """Classifiers onto the device; the diffusion model with S_c, in the run's settings."""
     from diffusion import configure, load_sd
 
-    for clf in classifiers.values():
-        clf.to(device, dtype)
-    sd = load_sd(cfg.sd_model, device, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
+    for clf in classifiers.values():  # fp32, fed fp32 images, as the original (docs/original.md §3)
+        clf.to(device)
+    size, slots = (cfg.height, cfg.width), cfg.class_batch * cfg.candidates  # one placeholder slot per run
+    sd = load_sd(cfg.sd_model, device, dtype, size, cfg.placeholder_token, cfg.initializer_token, slots)
     configure(sd, cfg.gradient_checkpointing, cfg.compile)
     return sd
 
@@ -111,13 +118,71 @@ def quiet_libraries() -> None:
 
 
 def train_and_record(cfg: RunConfig, sd, clf, c: int, name: str, paths: "ClassPaths", process: int, on_epoch=None):
-    """train_class with its files: the run's config.json before, train_summary.json after."""
-    from train import train_class
+    """One class (the web demo's unit): `train_batch` for it alone; `on_epoch(entry, images)`."""
+    callback = None if on_epoch is None else (lambda _run, entry, images: on_epoch(entry, images))
+    return train_batch(cfg, sd, clf, [(c, name, paths)], process, callback)[0]
 
-    write_json(paths.config, cfg.to_dict())
-    summary = train_class(cfg, sd, clf, c, name, paths, on_epoch)
-    write_json(paths.train_summary, summary | {"process": process})
-    return summary
+
+def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on_epoch=None) -> list[dict]:
+    """Train the classes in `jobs` ((index, name, ClassPaths) each), `cfg.candidates` runs per class, all
+    together; with several candidates, keep per class the one most accurate on the selection seeds
+    (judged by the training classifier only). Writes config.json before, the tokens and
+    train_summary.json after."""
+    from train import micro_batch_size, new_run, train_runs
+
+    runs = []
+    for c, name, paths in jobs:
+        write_json(paths.config, cfg.to_dict())
+        for k in range(cfg.candidates):
+            log, img = paths.candidate_files(k, cfg.candidates)
+            label = paths.dir_name + (f" candidate {k}" if cfg.candidates > 1 else "")
+            runs.append(new_run(cfg, sd, c, name, log, img, candidate_seed(cfg.seed, k), label))
+    desc = jobs[0][2].dir_name if len(jobs) == 1 else f"{len(jobs)} classes"
+    train_runs(cfg, sd, clf, runs, clf.labels, on_epoch, desc=desc)
+    summaries = []
+    for i, (_c, name, paths) in enumerate(jobs):
+        mine = runs[i * cfg.candidates : (i + 1) * cfg.candidates]
+        summary = keep_best(cfg, sd, clf, mine, name, paths)
+        summary |= dict(micro_batch_size=micro_batch_size(cfg, sd.device, len(runs)), runs_together=len(runs))
+        write_json(paths.train_summary, summary | {"process": process})
+        summaries.append(summary)
+    return summaries
+
+
+def candidate_seed(seed: int, k: int) -> int:
+    """Candidate k's training-noise seed: candidate 0 is the run's own `seed` (so --candidates 1 is the
+    original's single run); the others are far from every evaluation range (config.py, "seed ranges")."""
+    from config import CANDIDATE_SEED_STRIDE
+
+    return seed + k * CANDIDATE_SEED_STRIDE
+
+
+def keep_best(cfg: RunConfig, sd, clf, runs: list, name: str, paths: "ClassPaths") -> dict:
+    """Save each candidate's kept token; the chosen one (the only one, or the most accurate on the
+    selection seeds; ties: the lower training loss) becomes the class's token. Returns its summary,
+    with every candidate listed when there are several."""
+    from diffusion import set_token
+    from evaluate import selection_accuracy
+    from train import save_token
+
+    if len(runs) == 1:
+        best, listing = 0, None
+    else:
+        listing = []
+        for k, run in enumerate(runs):
+            save_token(
+                paths.candidate_files(k, len(runs))[0].with_name("learned_embeds.safetensors"),
+                cfg.placeholder_token,
+                run.kept,
+            )
+            listing.append(run.summary() | selection_accuracy(cfg, sd, clf, run.kept, run.target, name))
+        best = max(range(len(runs)), key=lambda k: (listing[k]["selection_accuracy"], -runs[k].best_loss))
+        for k, entry in enumerate(listing):
+            entry["chosen"] = k == best
+    set_token(sd, runs[best].kept)
+    save_token(paths.token, cfg.placeholder_token, runs[best].kept)
+    summary = runs[best].summary()
+    return summary if listing is None else summary | dict(candidate=best, candidates=listing)
 
 
 def save_full_pipeline(sd, out: Path) -> None:

@@ -28,7 +28,7 @@ def _token_grad(sd, clf, cfg, prompts, noise, micro_batch: int) -> torch.Tensor:
     sd.token.grad = None
     for s in range(0, cfg.epoch_size, micro_batch):
         loss, _, _ = train_step(sd, clf, prompts[s : s + micro_batch], noise[s : s + micro_batch], 1, cfg)
-        (loss / cfg.epoch_size).backward()
+        (loss.sum() / cfg.epoch_size).backward()
     return sd.token.grad.clone()
 
 

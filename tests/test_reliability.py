@@ -65,7 +65,7 @@ def test_out_of_memory_names_the_setting_to_lower(tiny, tmp_path, monkeypatch, c
     def oom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr(train, "train_class", oom)
+    monkeypatch.setattr(train, "train_runs", oom)
     assert run.main(tiny_args(tiny, tmp_path)) == 1
     assert "--batch_size" in capsys.readouterr().err
 

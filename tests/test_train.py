@@ -30,7 +30,7 @@ def test_only_the_token_changes(setup):
     opt = torch.optim.AdamW([sd.token], lr=0.1, weight_decay=0.01)
     noise = initial_noise(sd, n=2, seed=0)
     loss, _, _ = train_step(sd, clf, ["A photo of newclas tiger cat"] * 2, noise, 1, cfg)
-    loss.backward()
+    loss.sum().backward()
     assert sd.token.grad is not None and sd.token.grad.abs().sum() > 0
     opt.step()
     after = snapshot(sd.unet, sd.vae, sd.text_encoder, clf)
@@ -116,7 +116,7 @@ def test_gradient_checkpointing_really_runs(setup, monkeypatch):
     monkeypatch.setattr(ckpt, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     hook = sd.vae.decoder.register_forward_pre_hook(lambda m, _: modes.append((sd.unet.training, m.training)))
     loss, _, _ = train_step(sd, clf, ["A photo of newclas crane"], initial_noise(sd, n=1, seed=0), 2, cfg)
-    loss.backward()
+    loss.sum().backward()
     hook.remove()
     assert len(calls) >= 1 and sd.token.grad.abs().sum() > 0
     assert modes == [(True, True)] and not sd.unet.training and not sd.vae.training  # eval again afterwards
@@ -133,7 +133,7 @@ def test_train_mode_changes_only_rounding(setup):
         configure(sd, gradient_checkpointing=checkpointing)
         sd.token.grad = None
         loss, _, _ = train_step(sd, clf, ["A photo of newclas crane"], initial_noise(sd, n=1, seed=0), 2, cfg)
-        loss.backward()
+        loss.sum().backward()
         results.append((loss.detach(), sd.token.grad.clone()))
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
