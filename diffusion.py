@@ -40,13 +40,24 @@ class SD:
         return self.unet.config.in_channels, self.height // f, self.width // f
 
 
-def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, initializer: str, slots: int = 1) -> SD:
+def load_sd(
+    model: str,
+    device,
+    dtype,
+    size: tuple[int, int],
+    placeholder: str,
+    initializer: str,
+    slots: int = 1,
+    safety_checker: bool = False,
+) -> SD:
     """The pipeline with S_c added (`slots` placeholder words: `placeholder`, then `placeholder`1, 2, ... for
-    runs trained together), frozen, in the run's dtype."""
+    runs trained together), frozen, in the run's dtype. `safety_checker`: keep the model's own, if it has one
+    (the original's evaluation did, docs/original.md §6)."""
     from diffusers import StableDiffusionPipeline
 
     with hub_guard(f"Stable Diffusion model {model}"):
-        pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+        no_checker = {} if safety_checker else dict(safety_checker=None, requires_safety_checker=False)
+        pipe = StableDiffusionPipeline.from_pretrained(model, **no_checker)
     pipe.set_progress_bar_config(disable=True)
     # Frozen: UNet and VAE in half precision on GPU, the text encoder in fp32 (docs/original.md §3).
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -54,6 +65,8 @@ def load_sd(model: str, device, dtype, size: tuple[int, int], placeholder: str, 
     pipe.unet.to(device, dtype)
     pipe.vae.to(device, dtype)
     pipe.text_encoder.to(device)
+    if getattr(pipe, "safety_checker", None) is not None:
+        pipe.safety_checker.requires_grad_(False).eval().to(device)
 
     tok = pipe.tokenizer
     words = [placeholder] + [f"{placeholder}{k}" for k in range(1, slots)]
@@ -97,6 +110,32 @@ def configure(sd: SD, gradient_checkpointing: bool, compile: bool = False) -> No
         m.enable_gradient_checkpointing() if gradient_checkpointing else m.disable_gradient_checkpointing()
     if compile:
         sd.unet.compile()
+
+
+@contextmanager
+def precision(sd: SD, dtype: torch.dtype):
+    """UNet and VAE in `dtype` for a while (fp16 -> fp32 -> fp16 is exact), e.g. the original's fp32
+    evaluation of its fp16-trained pipeline (docs/original.md §6)."""
+    old = sd.dtype
+    sd.unet.to(dtype), sd.vae.to(dtype)
+    sd.dtype = dtype
+    try:
+        yield
+    finally:
+        sd.unet.to(old), sd.vae.to(old)
+        sd.dtype = old
+
+
+def safety_checked(sd: SD, images: torch.Tensor) -> torch.Tensor:
+    """Images [N, 3, H, W] in [0, 1] through the model's safety checker, when it has one: a flagged image
+    comes back black (and counts as wrong), as in the original's evaluation (docs/original.md §6)."""
+    if getattr(sd.pipe, "safety_checker", None) is None:
+        return images
+    device = next(sd.pipe.safety_checker.parameters()).device
+    pil = sd.pipe.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).float().numpy())
+    clip_input = sd.pipe.feature_extractor(pil, return_tensors="pt").pixel_values.to(device)
+    checked, _ = sd.pipe.safety_checker(images=images.clone(), clip_input=clip_input)
+    return checked
 
 
 @contextmanager

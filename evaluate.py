@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from diffusion import generate, set_token
+from diffusion import generate, precision, safety_checked, set_token
 from prompt_datasets import EVAL_TEMPLATE, class_prompt
 from stats import frechet_distance, paired_gain, wilson
 from train import load_token
@@ -41,7 +41,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
     metrics["intervals"] = "95%: Wilson score (accuracies); Newcombe's paired square-and-add (gain), stats.py"
     rows, main, generated = [], next(iter(classifiers)), {}
     for kind in ("baseline", "token"):
-        images = generate(sd, prompts[kind], seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
+        images = eval_images(cfg, sd, prompts[kind], seeds)
         generated[kind] = images
         for role, clf in classifiers.items():
             preds = classify(clf, images, cfg.eval_batch_size, sd.device)
@@ -65,6 +65,16 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
     metrics["seconds"] = round(time.time() - start, 2)
     write_json(paths.metrics, metrics)
     return metrics
+
+
+def eval_images(cfg, sd, prompt: str, seeds: list[int]) -> torch.Tensor:
+    """The evaluation sampler's images; `eval_as_original`: in fp32 and through the model's safety checker,
+    as the original evaluated (docs/original.md §6)."""
+    if not cfg.eval_as_original:
+        return generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
+    with precision(sd, torch.float32):
+        images = generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
+    return safety_checked(sd, images)
 
 
 def intervals(res: dict, target: int) -> dict:

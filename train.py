@@ -114,6 +114,7 @@ class Run:
     log_path: Path
     img_dir: Path  # training images go here
     init: torch.Tensor
+    scaler: torch.amp.GradScaler  # its own loss scale: one run's overflow never skips another's step
     label: str = ""  # names the run in warnings, e.g. 283_tiger_cat
     slot: int = 0
     token: torch.nn.Parameter = None
@@ -147,12 +148,12 @@ class Run:
             norm = torch.nn.utils.clip_grad_norm_([self.token], self.cfg.max_grad_norm).item()
             self.clips.append(norm > self.cfg.max_grad_norm)
 
-    def finish_epoch(self, epoch: int, loss: float, preds: list[int], scaler) -> dict:
+    def finish_epoch(self, epoch: int, loss: float, preds: list[int]) -> dict:
         """Update the token, then the original's rules in its order; writes the log. Sets `stop`."""
         c = self.cfg
         accuracy = sum(p == self.target for p in preds) / len(preds)
         token_before = self.token.detach().clone()  # the token that produced this epoch's images
-        update = update_token(self.opt, scaler, self.token, c.max_grad_norm, loss, clip=not c.clip_before_backward)
+        update = update_token(self.opt, self.scaler, self.token, c.max_grad_norm, loss, not c.clip_before_backward)
         entry = dict(epoch=epoch, loss=loss, accuracy=accuracy, predictions=preds, **update)
         if c.clip_before_backward:  # the update came from the last image alone when the last clip cut
             entry |= dict(clips=self.clips, last_image_regime=bool(self.clips and self.clips[-1]))
@@ -160,12 +161,12 @@ class Run:
         write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
         if update["zero_grad"] and sum(e["zero_grad"] for e in self.log) == 1:
             warnings.warn(f"{self.label}: gradient underflow: try --mixed_precision bf16", stacklevel=2)
-        self._rules(epoch, loss, accuracy, update, token_before, scaler)
+        self._rules(epoch, loss, accuracy, update, token_before)
         return entry
 
-    def _rules(self, epoch, loss, accuracy, update, token_before, scaler) -> None:
+    def _rules(self, epoch, loss, accuracy, update, token_before) -> None:
         c = self.cfg
-        if not math.isfinite(loss) or (update["skipped"] and not scaler.is_enabled()):
+        if not math.isfinite(loss) or (update["skipped"] and not self.scaler.is_enabled()):
             # Counted; stops the run after max_nonfinite in a row (not an original rule). An fp16
             # overflow with a finite loss is the scaler's business: step skipped, scale halved.
             self.bad_in_row += 1
@@ -219,7 +220,6 @@ def train_runs(cfg, sd, clf, runs: list[Run], labels: list[str], on_epoch=None, 
     entry, images)`, if given, is called after each run's epoch; returning True stops that run."""
     for k, run in enumerate(runs):
         run.slot = k
-    scalers = {id(r): make_scaler(sd, cfg) for r in runs}
     vocabulary = _vocabulary_snapshot(sd, cfg)
     bar = tqdm(total=cfg.num_train_epochs, desc=desc, leave=False, dynamic_ncols=True)
     try:
@@ -227,9 +227,9 @@ def train_runs(cfg, sd, clf, runs: list[Run], labels: list[str], on_epoch=None, 
             live = [r for r in runs if r.stop is None]
             if not live:
                 break
-            results = epoch_step(cfg, sd, clf, live, epoch, scalers, labels)
+            results = epoch_step(cfg, sd, clf, live, epoch, labels)
             for run, (loss, preds, images) in zip(live, results):
-                entry = run.finish_epoch(epoch, loss, preds, scalers[id(run)])
+                entry = run.finish_epoch(epoch, loss, preds)
                 _decay_vocabulary(sd, cfg, run, entry)
                 if on_epoch is not None and on_epoch(run, run.log[-1], images) and run.stop is None:
                     run.stop = "stopped by the user"
@@ -243,7 +243,7 @@ def train_runs(cfg, sd, clf, runs: list[Run], labels: list[str], on_epoch=None, 
             sd.text_encoder.get_input_embeddings().weight.data.copy_(vocabulary)
 
 
-def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, scalers: dict, labels: list[str]) -> list[tuple]:
+def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str]) -> list[tuple]:
     """One epoch of every live run: image j of every run shares micro-step j's forward (so batch 1 per
     run with accumulation is exactly the original's micro-step order); each image's loss is weighted by
     its run's loss scale / epoch_size, so each token's gradient is that of its epoch's mean loss."""
@@ -263,7 +263,7 @@ def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, scalers: dict, labels:
         prompts = [inputs[k][0][j] for k, j in chunk]
         noise = torch.cat([inputs[k][1][j : j + 1] for k, j in chunk])
         targets = [runs[k].target for k, _ in chunk]
-        weight = [_scale(scalers[id(runs[k])]) / cfg.epoch_size for k, _ in chunk]
+        weight = [_scale(runs[k].scaler, sd.device) / cfg.epoch_size for k, _ in chunk]
         loss, pred, batch = train_step(sd, clf, prompts, noise, targets, cfg)
         (loss * torch.tensor(weight, device=loss.device, dtype=loss.dtype)).sum().backward()
         for (k, j), value, p, im in zip(chunk, loss.tolist(), pred.tolist(), batch):
@@ -284,13 +284,14 @@ def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scaler=No
     total, preds = 0.0, []
     for s in range(0, len(prompts), bs):
         loss, pred, _ = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], target, cfg)
-        (loss.sum() * (_scale(scaler) if scaler is not None else 1.0) / len(prompts)).backward()
+        (loss.sum() * (_scale(scaler, sd.device) if scaler is not None else 1.0) / len(prompts)).backward()
         total, preds = total + loss.sum().item(), preds + pred.tolist()
     return total / len(prompts), preds
 
 
-def _scale(scaler) -> float:
-    return scaler.get_scale() if scaler.is_enabled() else 1.0
+def _scale(scaler, device) -> float:
+    """The loss scale (a GradScaler takes its device from its first `scale` call)."""
+    return scaler.scale(torch.ones((), device=device)).item() if scaler.is_enabled() else 1.0
 
 
 def _vocabulary_snapshot(sd, cfg):
@@ -322,4 +323,4 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
 
 
 def new_run(cfg, sd, target: int, name: str, log_path: Path, img_dir: Path, seed: int, label: str = "") -> Run:
-    return Run(cfg, target, name, seed, Path(log_path), Path(img_dir), sd.init_embedding, label)
+    return Run(cfg, target, name, seed, Path(log_path), Path(img_dir), sd.init_embedding, make_scaler(sd, cfg), label)

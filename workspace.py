@@ -100,7 +100,8 @@ def load_diffusion(cfg: RunConfig, classifiers: dict, device: torch.device, dtyp
     for clf in classifiers.values():  # fp32, fed fp32 images, as the original (docs/original.md §3)
         clf.to(device)
     size, slots = (cfg.height, cfg.width), cfg.class_batch * cfg.candidates  # one placeholder slot per run
-    sd = load_sd(cfg.sd_model, device, dtype, size, cfg.placeholder_token, cfg.initializer_token, slots)
+    words = cfg.placeholder_token, cfg.initializer_token
+    sd = load_sd(cfg.sd_model, device, dtype, size, *words, slots, safety_checker=cfg.eval_as_original)
     configure(sd, cfg.gradient_checkpointing, cfg.compile)
     return sd
 

@@ -1,0 +1,118 @@
+"""Many token runs in one batch: the same math as one at a time, each run's own loss scale, candidates
+chosen without the judge, class batches with resume, and the bad inputs."""
+
+import json
+import os
+
+import pytest
+import torch
+from conftest import tiny_args
+
+from classifiers import load_classifier
+from config import SELECTION_SEED, parse_args
+from diffusion import load_sd
+from run import main
+from train import make_scaler, new_run, train_runs
+
+RUNS = [(1, 35), (2, 36), (4, 40)]  # (class, training seed): different classes, seeds and stopping epochs
+
+
+def _train(tiny, tmp_path, runs_spec, dtype=torch.float32, **overrides):
+    args = tiny_args(tiny, tmp_path, "--num_train_epochs", "6", "--early_stopping", "1", "--lr", "0.5")
+    cfg = parse_args([*args, "--accuracy_stop", "1"])
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    sd = load_sd(tiny["sd"], torch.device("cpu"), dtype, (16, 16), "newclas", "a", slots=len(runs_spec))
+    clf = load_classifier(tiny["clf"], "auto")
+    runs = [
+        new_run(cfg, sd, c, "crane", tmp_path / f"{c}_{s}.jsonl", tmp_path / f"img{c}_{s}", s) for c, s in runs_spec
+    ]
+    return train_runs(cfg, sd, clf, runs, clf.labels) or runs
+
+
+def test_runs_trained_together_equal_runs_trained_apart(tiny, tmp_path):
+    together = _train(tiny, tmp_path / "together", RUNS)
+    apart = [_train(tiny, tmp_path / f"apart{i}", [spec])[0] for i, spec in enumerate(RUNS)]
+    assert len({len(r.log) for r in together}) >= 2, "the runs should stop at different epochs"
+    for a, b in zip(together, apart):
+        assert len(a.log) == len(b.log) and a.stop == b.stop and a.noise_seed == b.noise_seed
+        for ea, eb in zip(a.log, b.log):
+            assert ea["loss"] == pytest.approx(eb["loss"], rel=1e-4) and ea["predictions"] == eb["predictions"]
+        assert torch.allclose(a.kept, b.kept, atol=1e-5), (a.kept - b.kept).abs().max()
+
+
+def test_each_run_keeps_its_own_loss_scale_in_fp16(tiny, tmp_path, monkeypatch):
+    """fp16 on the CPU: run 0 starts at a loss scale that overflows fp16; its step is skipped and its
+    scale halved, while run 1 (the original's 2^16) steps normally in the same forward and backward."""
+    import train
+
+    scales = iter([2.0**60, 2.0**16])
+
+    def scaler(sd, cfg):
+        return torch.amp.GradScaler("cpu", init_scale=next(scales), enabled=True)
+
+    monkeypatch.setattr(train, "make_scaler", scaler)
+    runs = _train(tiny, tmp_path, RUNS[:2], torch.float16, num_train_epochs=1)
+    first, second = runs[0].log[0], runs[1].log[0]
+    assert first["skipped"] and first["loss_scale"] == 2.0**60 and runs[0].scaler.get_scale() == 2.0**59
+    assert not second["skipped"] and second["loss_scale"] == 2.0**16
+    assert torch.equal(runs[0].token.detach(), runs[0].init) and not torch.equal(runs[1].token.detach(), runs[1].init)
+
+
+def test_make_scaler_is_per_run(tiny):
+    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float16, (16, 16), "newclas", "a")
+    cfg = parse_args(["--device", "cpu"])
+    assert make_scaler(sd, cfg) is not make_scaler(sd, cfg) and make_scaler(sd, cfg).is_enabled()
+
+
+def test_candidates_are_chosen_on_selection_seeds_by_the_training_classifier(tiny, tmp_path, monkeypatch):
+    import evaluate
+
+    seen = []
+    real_classify, real_generate = evaluate.classify, evaluate.generate
+    monkeypatch.setattr(
+        evaluate, "classify", lambda clf, *a: seen.append(("judge", clf.name)) or real_classify(clf, *a)
+    )
+    monkeypatch.setattr(
+        evaluate, "generate", lambda sd, p, seeds, *a: seen.append(("seeds", seeds)) or real_generate(sd, p, seeds, *a)
+    )
+    out = tmp_path / "out"
+    args = tiny_args(tiny, out, "--candidates", "3", "--select_size", "4", "--eval_classifier", tiny["clf_b"])
+    assert main([*args, "--evaluate", "False"]) == 0
+    judges = {name for kind, name in seen if kind == "judge"}
+    seeds = {s for kind, ss in seen if kind == "seeds" for s in ss}
+    assert judges == {load_classifier(tiny["clf"], "auto").name}  # never the evaluation classifier
+    assert seeds == set(range(SELECTION_SEED, SELECTION_SEED + 4))  # never the evaluation seeds
+    tok = out / "pipeline_token" / "2_tiger_cat" / "default"
+    summary = json.loads((tok / "train_summary.json").read_text())
+    listed = summary["candidates"]
+    assert len(listed) == 3 and sum(c["chosen"] for c in listed) == 1 and listed[summary["candidate"]]["chosen"]
+    best = max(c["selection_accuracy"] for c in listed)
+    assert listed[summary["candidate"]]["selection_accuracy"] == best
+    assert all(len(c["selection_ci"]) == 2 and {"seed", "epochs", "best_loss", "stop"} <= set(c) for c in listed)
+    assert len({c["seed"] for c in listed}) == 3
+    from safetensors.torch import load_file
+
+    chosen = load_file(tok / "candidates" / str(summary["candidate"]) / "learned_embeds.safetensors")["newclas"]
+    assert torch.equal(load_file(tok / "learned_embeds.safetensors")["newclas"], chosen)
+
+
+def test_class_batch_gives_the_same_tokens_and_resumes(tiny, tmp_path):
+    batched, apart = tmp_path / "batched", tmp_path / "apart"
+    assert main(tiny_args(tiny, batched, "--class_index", "1-3", "--class_batch", "2")) == 0
+    assert main(tiny_args(tiny, apart, "--class_index", "1-3")) == 0
+    from safetensors.torch import load_file
+
+    tokens = sorted(batched.glob("pipeline_token/*/default/learned_embeds.safetensors"))
+    assert len(tokens) == 3
+    for t in tokens:
+        other = apart / t.relative_to(batched)
+        assert torch.allclose(load_file(t)["newclas"], load_file(other)["newclas"], atol=1e-5)
+    rows = (batched / "results.csv").read_text().splitlines()
+    assert len(rows) == 4
+    # A run killed after the first batch: class 3 has no token; only it is trained again.
+    (batched / "pipeline_token" / "3_crane" / "default" / "learned_embeds.safetensors").unlink()
+    before = {t: os.stat(t).st_mtime_ns for t in tokens[:2]}
+    assert main(tiny_args(tiny, batched, "--class_index", "1-3", "--class_batch", "2", "--skip_exists")) == 0
+    assert {t: os.stat(t).st_mtime_ns for t in tokens[:2]} == before
+    assert (batched / "pipeline_token" / "3_crane" / "default" / "learned_embeds.safetensors").is_file()
