@@ -57,6 +57,7 @@ class RunConfig:
     exp_id: str = "default"  # names the run's folder under pipeline_token/<class>/ and img/<class>/
     output_path: str = "."  # pipeline_token/, img/, generated/ and results.csv are written here
     skip_exists: bool = False  # skip classes whose token (and metrics, when evaluating) already exist
+    report_to: str = ""  # tensorboard | wandb: also log every run's epochs through accelerate's trackers
     # --- models ---
     sd_model: str = SD_1_4  # hub id or local folder in the diffusers layout
     sd_2_1: bool = False  # use stabilityai/stable-diffusion-2-1-base (when sd_model is left at its default)
@@ -80,9 +81,24 @@ class RunConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     weight_decay: float = 1e-2  # AdamW; applied to the token's row only
     eps: float = 1e-8  # AdamW
-    max_grad_norm: float = 1.0  # clip the token's gradient (after backward) to this norm
+    max_grad_norm: float = 1.0  # clip the token's unscaled epoch gradient to this norm (after backward)
     loss_scale: float = 65536.0  # fp16 only: initial scale of torch's dynamic GradScaler (the original's 2^16)
     max_nonfinite: int = 5  # stop a class after this many non-finite updates in a row
+    seed: int = 35  # seeds the training noises (the same every epoch) and the prompt order
+    guidance_scale: float = 7.0  # classifier-free guidance while training
+    num_of_SD_inference_steps: int = 30  # denoising steps while training
+    grad_steps: int = 1  # gradient skipping: grad through the last N sampler steps only (PNDM: N+1 UNet calls)
+    height: int = 512  # image height in pixels
+    width: int = 512  # image width in pixels
+    # --- evaluation ---
+    test_size: int = 10  # evaluation seeds: eval_seed .. eval_seed + test_size - 1
+    eval_seed: int = 0  # first evaluation seed
+    eval_steps: int = 50  # evaluation sampler steps (the original used the pipeline's default, 50)
+    eval_guidance_scale: float = 7.5  # evaluation guidance (the original used the pipeline's default, 7.5)
+    eval_batch_size: int = 10  # images per forward pass when generating (results do not depend on it)
+    fid_reference: str = ""  # folder of real images of the class (or of <class dir>/ subfolders): Frechet distance
+    generate_baseline: bool = False  # with --generate N: also N images of "A photo of a <class>" in generated_baseline/
+    save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
     # --- many runs at once ---
     candidates: int = 1  # train K tokens per class (own noise seeds), keep the one most accurate on selection seeds
     select_size: int = 20  # with candidates > 1: images per candidate on the selection seeds, judged by `classifier`
@@ -95,21 +111,6 @@ class RunConfig:
     plain_clamp: bool = False  # clamp(0, 1) with its zero gradient at saturated pixels (§7.7)
     accuracy_stop_keeps: str = "reaching"  # reaching: the token that drew the epoch | saved: the last best-loss one
     eval_as_original: bool = False  # evaluate in fp32 with the model's safety checker, if it has one (§6)
-    seed: int = 35  # seeds the training noises (the same every epoch) and the prompt order
-    guidance_scale: float = 7.0  # classifier-free guidance while training
-    num_of_SD_inference_steps: int = 30  # denoising steps while training
-    grad_steps: int = 1  # gradient skipping: grad through the last N sampler steps only (PNDM: N+1 UNet calls)
-    height: int = 512  # image height in pixels
-    width: int = 512  # image width in pixels
-    # --- evaluation ---
-    test_size: int = 10  # evaluation seeds: eval_seed .. eval_seed + test_size - 1
-    eval_seed: int = 0  # first evaluation seed
-    eval_steps: int = 50  # the original evaluated with the pipeline's defaults: 50 steps,
-    eval_guidance_scale: float = 7.5  # guidance 7.5
-    eval_batch_size: int = 10  # images per forward pass when generating (results do not depend on it)
-    fid_reference: str = ""  # folder of real images of the class (or of <class dir>/ subfolders): Frechet distance
-    generate_baseline: bool = False  # with --generate N: also N images of "A photo of a <class>" in generated_baseline/
-    save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
     # --- hardware ---
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under accelerate: each process's own GPU)
     mixed_precision: str = "fp16"  # no | fp16 | bf16 for UNet and VAE on GPU; CPU always runs fp32
@@ -215,6 +216,13 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "allowed: no, fp16, bf16")
     need(cfg.keep in ("after_step", "best_epoch"), "keep", "allowed: after_step, best_epoch")
     need(cfg.accuracy_stop_keeps in ("reaching", "saved"), "accuracy_stop_keeps", "allowed: reaching, saved")
+    need(cfg.report_to in ("", "tensorboard", "wandb"), "report_to", "allowed: tensorboard, wandb")
+    need(
+        cfg.report_to != "tensorboard" or _importable("tensorboard", "tensorboardX"),
+        "report_to",
+        "pip install tensorboard",
+    )
+    need(cfg.report_to != "wandb" or _importable("wandb"), "report_to", "pip install wandb")
     need(cfg.train or cfg.candidates == 1, "candidates", "needs --train True (candidates are chosen while training)")
     need(cfg.train or cfg.class_batch == 1, "class_batch", "needs --train True (it batches training)")
     alone = cfg.candidates * cfg.class_batch == 1
@@ -248,6 +256,12 @@ def _validate(cfg: RunConfig) -> None:
         tempfile.TemporaryFile(dir=cfg.output_path).close()
     except OSError as e:
         need(False, "output_path", f"cannot create or write to this folder ({e.strerror or type(e).__name__})")
+
+
+def _importable(*modules: str) -> bool:
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in modules)
 
 
 def _model_ref_ok(ref: str, flag: str) -> bool:
@@ -312,3 +326,35 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
             raise UsageError(f"--preset {given['preset']!r}: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
         values |= PRESETS[name]
     return RunConfig(**values | given).finalize()
+
+
+# ---------------------------------------------------------------- docs/configuration.md
+def markdown() -> str:
+    """docs/configuration.md, generated from RunConfig and PRESETS (tests/test_config.py checks it is current)."""
+    helps, src = _field_comments(), inspect.getsource(RunConfig)
+    lines = ["# Configuration", "", "Generated from `config.py` by `python config.py > docs/configuration.md`; a test"]
+    lines += ["fails when it is out of date. Every field of `RunConfig` is a flag: `--name value` (booleans also"]
+    lines += ["`--name`). Defaults are the paper's run (docs/original.md §2). `--preset a,b` fills in presets in"]
+    lines += ["order; flags given explicitly still win."]
+    for line in src.splitlines():
+        section = re.match(r"\s+# --- (.*) ---", line)
+        name = re.match(r"\s+(\w+): ", line)
+        if section:
+            lines += ["", f"## {section[1][0].upper()}{section[1][1:]}", "", "| flag | default | meaning |"]
+            lines += ["| --- | --- | --- |"]
+        elif name and name[1] in helps:
+            default = next(f.default for f in dataclasses.fields(RunConfig) if f.name == name[1])
+            cell = helps[name[1]].replace("|", "/")
+            lines.append(f"| `--{name[1]}` | {f'`{default}`' if default != '' else '(empty)'} | {cell} |")
+    lines += ["", "## Presets", "", "| preset | values |", "| --- | --- |"]
+    for preset, values in PRESETS.items():
+        rel = {
+            k: os.path.relpath(v, HERE) for k, v in values.items() if k in ("sd_model", "classifier", "eval_classifier")
+        }
+        shown = ", ".join(f"`{k}={v}`" for k, v in (values | rel).items())
+        lines.append(f"| `{preset}` | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -47,16 +47,20 @@ def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, targets, cfg):
     return F.cross_entropy(logits, targets, reduction="none"), logits.detach().argmax(1), images.detach()
 
 
+CPU_FORWARD = 64  # images per forward on the CPU when several runs train together
+
+
 def micro_batch_size(cfg, device: torch.device, runs: int = 1) -> int:
-    """Images per forward pass: `batch_size`, or automatically: everything on the CPU; on a GPU as many
+    """Images per forward pass: `batch_size`, or automatically: on the CPU one run's whole epoch, or 64
+    images for several runs (larger forwards were slower per image on 2 cores); on a GPU as many
     images as free memory allows, from the measurements at 512 px in docs/performance.md (about 4 GiB
     fixed, 3.4 GiB per image with checkpointing, 4.4 without), scaled by pixels and gradient steps.
     With several runs, `batch_size` counts one run's images; forwards hold that many from each run."""
     total = cfg.epoch_size * runs
     if cfg.batch_size:
         return min(cfg.batch_size, cfg.epoch_size) * runs
-    if device.type != "cuda":
-        return total
+    if device.type != "cuda":  # per image, 64 measured fastest on 2 cores (docs/performance.md)
+        return min(total, max(cfg.epoch_size, CPU_FORWARD))
     free_gib = torch.cuda.mem_get_info(device)[0] / 2**30
     per_image = (3.4 if cfg.gradient_checkpointing else 4.4) * cfg.height * cfg.width / 512**2
     per_image *= 1 + 0.1 * (cfg.grad_steps - 1)

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+from conftest import ROOT
 
 from config import PRESETS, RunConfig, parse_args
 from utils import UsageError
@@ -100,3 +101,15 @@ def test_replace_keeps_the_classes():
     cfg = parse_args(["--class_index", "3-4"])
     assert dataclasses.replace(cfg, lr=0.5).classes == [2, 3]
     assert dataclasses.replace(cfg, class_index="7").classes == [6]
+
+
+def test_configuration_page_is_generated_from_the_dataclass():
+    """docs/configuration.md is `python config.py`'s output: a new or changed field fails here until the page
+    is regenerated; every flag of the parser is on it."""
+    import config
+
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    assert page == config.markdown(), "regenerate: python config.py > docs/configuration.md"
+    for action in config.build_parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert f"`--{action.dest}`" in page
