@@ -139,7 +139,12 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
             label = paths.dir_name + (f" candidate {k}" if cfg.candidates > 1 else "")
             runs.append(new_run(cfg, sd, c, name, log, img, candidate_seed(cfg.seed, k), label))
     desc = jobs[0][2].dir_name if len(jobs) == 1 else f"{len(jobs)} classes"
-    train_runs(cfg, sd, clf, runs, clf.labels, on_epoch, desc=desc)
+    tracker = trackers(cfg)
+    try:
+        train_runs(cfg, sd, clf, runs, clf.labels, logged(tracker, on_epoch), desc=desc)
+    finally:
+        if tracker is not None:
+            tracker.end_training()
     summaries = []
     for i, (_c, name, paths) in enumerate(jobs):
         mine = runs[i * cfg.candidates : (i + 1) * cfg.candidates]
@@ -148,6 +153,32 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
         write_json(paths.train_summary, summary | {"process": process})
         summaries.append(summary)
     return summaries
+
+
+def trackers(cfg: RunConfig):
+    """--report_to: accelerate's trackers (TensorBoard, Weights & Biases), as diffusers' training scripts
+    offer; TensorBoard logs go to <output_path>/logs/."""
+    if not cfg.report_to:
+        return None
+    from accelerate import Accelerator
+
+    tracker = Accelerator(log_with=cfg.report_to, project_dir=str(Path(cfg.output_path) / "logs"))
+    flat = {k: v for k, v in cfg.to_dict().items() if isinstance(v, int | float | str | bool)}
+    tracker.init_trackers("disco", config=flat)
+    return tracker
+
+
+def logged(tracker, on_epoch):
+    """Each run's epoch (loss, accuracy, gradient norm) to the trackers, then the caller's callback."""
+    if tracker is None:
+        return on_epoch
+
+    def callback(run, entry, images):
+        keys = ("loss", "accuracy", "grad_norm")
+        tracker.log({f"{run.label}/{k}": entry[k] for k in keys}, step=entry["epoch"])
+        return on_epoch is not None and on_epoch(run, entry, images)
+
+    return callback
 
 
 def candidate_seed(seed: int, k: int) -> int:

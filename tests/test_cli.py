@@ -88,3 +88,34 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip() == "run.py: error: --class_index '0': indices are 1-based (>= 1) and ranges go upward"
+
+
+def _scalars(path) -> dict[str, list[tuple[int, float]]]:
+    """The scalars of a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, i, out = path.read_bytes(), 0, {}
+    while i < len(data):
+        n = struct.unpack("<Q", data[i : i + 8])[0]
+        event = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
+        for v in event.summary.value:
+            out.setdefault(v.tag, []).append((event.step, v.simple_value))
+        i += 12 + n + 4
+    return out
+
+
+def test_report_to_tensorboard_logs_every_epoch(tiny, tmp_path):
+    out = tmp_path / "out"
+    args = tiny_args(tiny, out, "--report_to", "tensorboard", "--evaluate", "False", "--accuracy_stop", "1")
+    assert main(args) == 0
+    log = [
+        json.loads(line)
+        for line in (out / "pipeline_token/2_tiger_cat/default/train_log.jsonl").read_text().splitlines()
+    ]
+    scalars = {}
+    for f in (out / "logs").rglob("events.out.tfevents.*"):
+        scalars |= _scalars(f)
+    assert [s for s, _ in scalars["2_tiger_cat/loss"]] == [0, 1]
+    assert [v for _, v in scalars["2_tiger_cat/loss"]] == pytest.approx([e["loss"] for e in log], rel=1e-5)
