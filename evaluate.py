@@ -54,7 +54,8 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         for f, im in zip(files, images):
             save_image(paths.img_dir / f, im)
         metrics.setdefault("images", {})[kind] = files  # relative to the class's img folder, in seed order
-        rows.append((f"{kind}: {prompts[kind]}", list(images), [f"{p} {labels[p]}" for p in preds]))
+        shown = prompts[kind].replace(cfg.placeholder_token, "S_c")  # the token's name in the paper
+        rows.append((f"{kind}: {shown}", list(images), [f"{p} {labels[p]}" for p in preds]))
     for role in classifiers:
         metrics[role].update(intervals(metrics[role], target))
     if cfg.fid_reference:

@@ -7,8 +7,9 @@ import math
 from pathlib import Path
 
 from config import RunConfig
+from plots import gains_chart
 from stats import mean_interval, paired_gain
-from utils import write_json, write_text
+from utils import save_image, write_json, write_text
 from workspace import ClassPaths
 
 
@@ -106,12 +107,25 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
     wanted = {c + 1 for c in classes}
     mine = [r for r in ordered if r["exp_id"] == cfg.exp_id and int(r["class_index"]) in wanted]
     means = mean_gains(mine)
+    if len(mine) >= 2:
+        save_gains_chart(mine, path.with_name(f"results_gains_{cfg.exp_id}.png"), cfg.exp_id)
     if means:
         summary_path = path.with_name("results_summary.json")
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
         summary[cfg.exp_id] = dict(classes=[int(r["class_index"]) for r in mine], methods=MEAN_GAIN_METHODS, **means)
         write_json(summary_path, summary)
     return mine
+
+
+def save_gains_chart(rows: list[dict], path: Path, exp_id: str) -> None:
+    """The gains with their intervals beside results.csv, by the independent judge when there is one."""
+    judged = [(r, p) for r, p in reversed(ROLES.items()) if any(x.get(p + "gain", "") != "" for x in rows)]
+    if not judged:  # trained, not evaluated
+        return
+    role, prefix = judged[0]
+    keys = ("gain", "gain_low", "gain_high")
+    shown = [dict(class_index=r["class_index"], **{k: r.get(prefix + k, "") for k in keys}) for r in rows]
+    save_image(path, gains_chart(shown, f"{exp_id}: gain per class in points, judged by {role}"))
 
 
 def mean_gains(rows: list[dict]) -> dict:

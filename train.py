@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from diffusion import checkpointing_mode, decode, denoise, encode, initial_noise, longest_prompt, set_token
+from plots import training_curve
 from prompt_datasets import PromptDataset
 from utils import atomic_path, save_image, write_text
 
@@ -241,6 +242,9 @@ def train_runs(cfg, sd, clf, runs: list[Run], labels: list[str], on_epoch=None, 
             bar.set_postfix(runs_left=sum(r.stop is None for r in runs), loss=f"{min(r[0] for r in results):.3f}")
     finally:
         bar.close()
+        for run in runs:  # the training curve beside each run's log
+            if run.log:
+                save_image(run.log_path.with_name("train_curve.png"), training_curve(run.log, f"{run.label}: training"))
         for k in range(len(runs)):
             set_token(sd, sd.init_embedding, k)  # the slots are free again
         if vocabulary is not None:

@@ -109,20 +109,23 @@ def view_scale(size: int) -> int:
 
 
 def comparison_grid(rows: list[tuple[str, list[torch.Tensor], list[str]]], max_cols: int = 10) -> Image.Image:
-    """Labelled grid: one row per (title, images, captions), e.g. baseline over token."""
-    scale = view_scale(rows[0][1][0].shape[-1])
+    """Labelled grid: one row per (title, images, captions), e.g. baseline over token; tiles at least
+    128 px wide so that a caption fits under each, in a scalable font."""
+    from plots import font
+
+    scale = max(view_scale(rows[0][1][0].shape[-1]), -(-128 // rows[0][1][0].shape[-1]))
     tiles = [[to_pil(im, scale) for im in images[:max_cols]] for _, images, _ in rows]
     w, h = tiles[0][0].size
-    title_h, cap_h = 18, 14
+    title_h, cap_h, pad = 26, 20, 4
     cols = max(len(t) for t in tiles)
-    grid = Image.new("RGB", (cols * w, len(rows) * (title_h + h + cap_h)), "white")
+    grid = Image.new("RGB", (cols * (w + pad), len(rows) * (title_h + h + cap_h)), "white")
     draw = ImageDraw.Draw(grid)
     for r, ((title, _, captions), row_tiles) in enumerate(zip(rows, tiles)):
         y = r * (title_h + h + cap_h)
-        draw.text((4, y + 3), title, fill="black")
+        draw.text((4, y + 5), title, fill="black", font=font(16))
         for c, tile in enumerate(row_tiles):
-            grid.paste(tile, (c * w, y + title_h))
-            draw.text((c * w + 3, y + title_h + h + 1), captions[c][: max(4, w // 7)], fill="black")
+            grid.paste(tile, (c * (w + pad), y + title_h))
+            draw.text((c * (w + pad) + 2, y + title_h + h + 2), captions[c][:18], fill="black", font=font(13))
     return grid
 
 

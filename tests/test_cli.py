@@ -31,6 +31,10 @@ def test_end_to_end_writes_every_output(tiny, tmp_path, capsys):
     assert len(list((img / "eval" / "token").glob("seed*.png"))) == 2
     assert len(list((img / "eval" / "baseline").glob("seed0000[01]_*.png"))) == 2
     assert (img / "grid.png").is_file() and (tok / "pipeline" / "model_index.json").is_file()
+    from PIL import Image
+
+    assert Image.open(tok / "train_curve.png").size == (640, 320)  # the training curve beside the log
+    assert Image.open(img / "grid.png").width >= 2 * 128  # tiles wide enough for a readable caption each
     for kind in ("baseline", "token"):  # metrics.json names exactly the images evaluation wrote
         named = {img / f for f in m["images"][kind]}
         assert named == set((img / "eval" / kind).glob("*.png")) and len(named) == 2

@@ -109,7 +109,7 @@ def test_class_batch_gives_the_same_tokens_and_resumes(tiny, tmp_path):
         other = apart / t.relative_to(batched)
         assert torch.allclose(load_file(t)["newclas"], load_file(other)["newclas"], atol=1e-5)
     rows = (batched / "results.csv").read_text().splitlines()
-    assert len(rows) == 4
+    assert len(rows) == 4 and (batched / "results_gains_default.png").is_file()  # the gains chart beside it
     # A run killed after the first batch: class 3 has no token; only it is trained again.
     (batched / "pipeline_token" / "3_crane" / "default" / "learned_embeds.safetensors").unlink()
     before = {t: os.stat(t).st_mtime_ns for t in tokens[:2]}
