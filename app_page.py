@@ -113,7 +113,7 @@ def use_tab(h: Handlers) -> Parts:
     lim = h.jobs.limits
     p = Parts()
     with gr.Row():
-        p.run = gr.Dropdown([], label="token", elem_id="use-run", scale=2, **TYPED)
+        p.run = gr.Dropdown([], label="token", elem_id="use-run", scale=3, min_width=320, **TYPED)
         p.prompt = gr.Textbox(label=f"prompt ({TOKEN_WORD} = the token)", scale=3)
         p.seed = field(0, "first seed")
         p.images = field(min(4, lim.max_images), f"images (1..{lim.max_images})")
