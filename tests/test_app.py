@@ -238,7 +238,7 @@ def test_numbers_as_text_get_the_out_of_range_message(client, epochs):
     assert message == f"epochs {epochs!r}: must be a whole number in 1..5 (the server's --max_epochs)"
 
 
-def test_bad_input_is_a_message(client):
+def test_bad_input_is_a_message_and_the_next_call_works(client):
     bad = [
         (("no such class", 2, 0.06, 35, 15), "/train", "class 'no such class': not a class of the classifier"),
         (("11", 2, 0.06, 35, 15), "/train", "class '11': 11 is out of range; allowed 1..10"),
@@ -255,6 +255,7 @@ def test_bad_input_is_a_message(client):
     ]
     for args, endpoint, message in bad:
         assert message in api_error(client, *args, api_name=endpoint), (endpoint, args)
+    assert client.predict(api_name="/classes")[1] == "2: stick"  # the server goes on working
 
 
 def test_long_download_names_show_no_server_path(client, server):
@@ -379,6 +380,30 @@ def test_a_space_built_from_the_documented_files_starts_and_answers(tmp_path):
     finally:
         stop_app(proc)
     assert (space / "out" / "demo").is_dir()  # its own output folder, inside the Space
+
+
+def test_unexpected_failures_are_one_line_in_the_page(capsys, tmp_path):
+    import gradio as gr
+
+    from app_handlers import page_errors
+
+    # An unexpected failure whose own message holds a server path: the page names only its type.
+    @page_errors
+    def broken():
+        raise OSError(36, "File name too long", str(tmp_path / ("a" * 300)))
+
+    @page_errors
+    def streaming():
+        yield 1
+        raise UsageError("epochs 0: must be a whole number in 1..5")
+
+    with pytest.raises(gr.Error) as e:
+        broken()
+    assert e.value.message == "internal error (OSError); the server log has the details"
+    assert "Traceback" in capsys.readouterr().err  # the details go to the server's log, not the page
+    with pytest.raises(gr.Error) as e:
+        list(streaming())
+    assert e.value.message == "epochs 0: must be a whole number in 1..5"
 
 
 @pytest.mark.slow
