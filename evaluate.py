@@ -55,7 +55,7 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
             save_image(paths.img_dir / f, im)
         metrics.setdefault("images", {})[kind] = files  # relative to the class's img folder, in seed order
         shown = prompts[kind].replace(cfg.placeholder_token, "S_c")  # the token's name in the paper
-        rows.append((f"{kind}: {shown}", list(images), [f"{p} {labels[p]}" for p in preds]))
+        rows.append((f"{kind}: {shown}", list(images), [f"{p + 1}: {labels[p]}" for p in preds]))  # 1-based, as the CLI
     for role in classifiers:
         metrics[role].update(intervals(metrics[role], target))
     if cfg.fid_reference:
