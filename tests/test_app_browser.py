@@ -4,7 +4,7 @@ lists both tokens; the loss and accuracy curves grow during training; a bad numb
 
 docs/app.png comes from the second test, which trains class 2 ("stick", the digit 1) with the page's
 defaults: `DISCO_APP_SCREENSHOT=docs/app.png python -m pytest tests/test_app_browser.py` runs it and
-writes the screenshot there (without the variable it is skipped: it takes about 90 s)."""
+writes the screenshot there (about 90 s; without the variable the screenshot stays in a temporary folder)."""
 
 import os
 import re
@@ -193,7 +193,6 @@ def test_two_visitors_train_and_a_reload_lists_both_tokens(browsers, app_url):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("DISCO_APP_SCREENSHOT"), reason="writes docs/app.png; about 90 s")
 def test_train_class_2_with_the_page_defaults_and_compare(browsers, app_url, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -217,7 +216,8 @@ def test_train_class_2_with_the_page_defaults_and_compare(browsers, app_url, tmp
     browser.save_screenshot(str(tmp_path / "app.png"))
     print(f"page answered {page_seconds:.1f} s after start; train ({epochs} epochs) + comparison {seconds:.1f} s;")
     print(f"classifier {baseline}% -> {token}%, eval_classifier {judge[0]}% -> {judge[1]}%; load factor {factor:.2f}")
-    shutil.copy(tmp_path / "app.png", os.environ["DISCO_APP_SCREENSHOT"])
+    if os.environ.get("DISCO_APP_SCREENSHOT"):  # retake docs/app.png
+        shutil.copy(tmp_path / "app.png", os.environ["DISCO_APP_SCREENSHOT"])
     # The page's epochs lift class 2 above the ambiguous word.
     assert token > baseline and judge[1] > judge[0], summary
     assert page_seconds < BUDGET["page"] * factor, page_seconds
