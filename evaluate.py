@@ -58,6 +58,11 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         rows.append((f"{kind}: {shown}", list(images), [f"{p + 1}: {labels[p]}" for p in preds]))  # 1-based, as the CLI
     for role in classifiers:
         metrics[role].update(intervals(metrics[role], target))
+    if len(classifiers) == 2:  # images off the data manifold can fool one judge and not the other
+        a, b = (metrics[role] for role in classifiers)
+        metrics["agreement"] = {
+            k: agreement(a[f"{k}_predictions"], b[f"{k}_predictions"]) for k in ("baseline", "token")
+        }
     if cfg.fid_reference:
         folder = fid_reference_dir(cfg, paths.dir_name)
         metrics["fid"] = frechet_to_reference(cfg, classifiers, generated, folder, sd.device)
@@ -76,6 +81,11 @@ def eval_images(cfg, sd, prompt: str, seeds: list[int]) -> torch.Tensor:
     with precision(sd, torch.float32):
         images = generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
     return safety_checked(sd, images)
+
+
+def agreement(a: list[int], b: list[int]) -> float:
+    """The share of seeds on which two classifiers predict the same class."""
+    return sum(x == y for x, y in zip(a, b)) / len(a)
 
 
 def intervals(res: dict, target: int) -> dict:

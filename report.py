@@ -49,7 +49,7 @@ STATS = ["baseline_accuracy", "baseline_low", "baseline_high", "token_accuracy",
 STATS += ["gain", "gain_low", "gain_high"]
 SUMMARY_FIELDS = ["class_index", "class_name", "exp_id", "seeds"]
 SUMMARY_FIELDS += [prefix + k for prefix in ROLES.values() for k in STATS] + ["fd_baseline", "fd_token"]
-SUMMARY_FIELDS += ["epochs", "train_seconds", "token_path"]
+SUMMARY_FIELDS += ["agree_baseline", "agree_token", "epochs", "train_seconds", "token_path"]
 MEAN_GAIN_METHODS = dict(
     over_classes="Student t interval over the classes' gains (classes as a sample of classes)",
     pooled_seeds="Newcombe's paired interval over all (class, seed) pairs (these classes fixed; seed noise only)",
@@ -94,6 +94,8 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
             **csv_stats(m, "eval_classifier", c),
             fd_baseline=round(m["fid"]["baseline"], 4) if "fid" in m else "",
             fd_token=round(m["fid"]["token"], 4) if "fid" in m else "",
+            agree_baseline=m.get("agreement", {}).get("baseline", ""),
+            agree_token=m.get("agreement", {}).get("token", ""),
             epochs=t.get("epochs", ""),
             train_seconds=t.get("seconds", ""),
             token_path=str(p.token),

@@ -27,6 +27,11 @@ def test_end_to_end_writes_every_output(tiny, tmp_path, capsys):
     assert m["settings"]["steps"] == 3 and m["settings"]["guidance_scale"] == 7.5
     for role in ("classifier", "eval_classifier"):
         assert {"baseline_accuracy", "token_accuracy"} <= set(m[role]) and len(m[role]["token_predictions"]) == 2
+    for kind in ("baseline", "token"):  # how often the two judges name the same class
+        same = [
+            a == b for a, b in zip(m["classifier"][f"{kind}_predictions"], m["eval_classifier"][f"{kind}_predictions"])
+        ]
+        assert m["agreement"][kind] == sum(same) / 2
     assert len(list((img / "train").glob("e000_*.png"))) == 2
     assert len(list((img / "eval" / "token").glob("seed*.png"))) == 2
     assert len(list((img / "eval" / "baseline").glob("seed0000[01]_*.png"))) == 2
