@@ -4,14 +4,18 @@ python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder 
 python bench.py --compile   # also torch.compile(unet) variants (minutes of compilation)
 python bench.py --tiny      # the same code on tiny shapes, on a CPU, in seconds
 python bench.py --out docs/ # publish: the tables docs/performance.md cites
+python bench.py --digits    # class batching in the digits world: 10 classes one at a time vs together (CPU)
 
 Cost does not depend on the weights, so nothing is downloaded: the components are built from
 configs, saved as a diffusers folder and loaded through the project's `diffusion.load_sd`; the
 measured steps are the project's `train.train_step` and `diffusion.generate`. Each case reports the
 median over `--repeats` timed runs after `--warmup` runs, with device synchronisation, in seconds per
-image, and the peak of torch.cuda.max_memory_allocated (null on a CPU). Then the numerics check: the
-token's gradient in fp16 against fp32 (fp16 on a CPU too). Writes benchmarks.json and benchmarks.md
-to `--out` (out/bench/ by default, out/bench_tiny/ with --tiny; never docs/ unless asked).
+image, and the peak of torch.cuda.max_memory_allocated (null on a CPU). The class-batch cases time one
+epoch of `train.epoch_step` for 1, 2, 4, 8 runs trained together and project the cost of 1000 classes.
+Then the numerics check: the token's gradient in fp16 against fp32 (fp16 on a CPU too). The classifier
+stays in fp32 throughout, as in training. Writes benchmarks.json and benchmarks.md to `--out`
+(out/bench/ by default, out/bench_tiny/ with --tiny, out/bench_digits/ with --digits; never docs/
+unless asked).
 """
 
 import argparse
@@ -27,9 +31,18 @@ import torch
 
 from classifiers import PRESETS, Classifier, Preprocess
 from config import RunConfig
-from diffusion import configure, generate, initial_noise, load_sd
+from diffusion import configure, generate, initial_noise, load_sd, set_token
 from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
-from train import epoch_gradient, make_scaler, micro_batch_size, train_class
+from train import (
+    CPU_FORWARD,
+    epoch_gradient,
+    epoch_step,
+    make_scaler,
+    micro_batch_size,
+    new_run,
+    train_class,
+    train_runs,
+)
 from workspace import ClassPaths, device_and_dtype, quiet_libraries
 
 CLASS_NAME, TARGET = "tiger cat", 282  # docs/original.md §2's example class (ImageNet index 282)
@@ -74,6 +87,15 @@ TRAIN_CASES = {
 }
 GENERATE_CASES = {"original": dict(eval_batch_size=1), "disco": {}, "disco_channels_last": dict(channels_last=True)}
 COMPILE_CASE = dict(compile=True)  # --compile: run.py's --compile, torch.compile of the UNet in place
+# Class batching (train.train_runs): R runs of epoch_size 5 trained together, combined batch 5 R; one epoch
+# of train.epoch_step each. "original": one run with micro-batches of 1, the paper's schedule on the same path.
+CLASS_BATCH_RUNS = (1, 2, 4, 8)
+CLASS_BATCH_CASES = {"original": (1, dict(batch_size=1))} | {
+    f"runs{r}{suffix}": (r, dict(gradient_checkpointing=ckpt))
+    for suffix, ckpt in (("", True), ("_no_ckpt", False))
+    for r in CLASS_BATCH_RUNS
+}
+IMAGENET_CLASSES = 1000
 
 
 def build_pipeline(shape: dict, folder: Path) -> None:
@@ -120,6 +142,7 @@ def build_pipeline(shape: dict, folder: Path) -> None:
 def build_classifier(shape: dict) -> Classifier:
     from transformers import ViTConfig, ViTForImageClassification
 
+    torch.manual_seed(0)  # its own weights, whatever drew from the generator before (load_sd's slots do)
     vit = ViTForImageClassification(ViTConfig(num_labels=1000, **shape["vit"], **shape["vit_px"]))
     return Classifier(vit, shape["prep"], [f"class {i}" for i in range(1000)], "cls", "random ViT")
 
@@ -142,14 +165,16 @@ def device_dtype(cfg: RunConfig) -> tuple[torch.device, torch.dtype]:
 
 
 def configure_bench(sd, clf, cfg: RunConfig, channels_last: bool = False) -> None:
-    """Put the loaded models into `cfg`'s settings as run.py does (dtype, then diffusion.configure)."""
+    """Put the loaded models into `cfg`'s settings as run.py does (UNet and VAE in the run's dtype, then
+    diffusion.configure). The classifier stays in fp32, fed fp32 images, as workspace.load_diffusion
+    leaves it (docs/original.md §3)."""
     _, dtype = device_dtype(cfg)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     for m in (sd.unet, sd.vae):
         if m.dtype != dtype:  # (diffusers warns at every cast)
             m.to(dtype=dtype)
         m.to(memory_format=fmt)
-    clf.to(dtype=dtype)
+    clf.float()
     sd.dtype = dtype
     # compile is in place: there is no undoing it, so the compiled cases run last
     configure(sd, cfg.gradient_checkpointing, cfg.compile)
@@ -204,13 +229,67 @@ def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
     return dict(res, batch_size=cfg.eval_batch_size, steps=cfg.eval_steps, dtype=str(sd.dtype))
 
 
+def bench_class_batch(sd, clf, cfg: RunConfig, runs: int, folder: Path, **kw) -> dict:
+    """One epoch of `runs` runs trained together, as train.train_runs runs it: train.epoch_step (image j
+    of every run in one forward, micro-batches of train.micro_batch_size, each run's training PNGs
+    written), without the optimizer steps. Run k trains class TARGET + k in slot k."""
+    made = [
+        new_run(cfg, sd, TARGET + k, CLASS_NAME, folder / f"run{k}.jsonl", folder / f"img{k}", cfg.seed, f"run {k}")
+        for k in range(runs)
+    ]
+    for k, run in enumerate(made):
+        run.slot = k
+    try:
+        res = measure(lambda: epoch_step(cfg, sd, clf, made, 0, clf.labels), runs * cfg.epoch_size, sd.device, **kw)
+    finally:
+        for k in range(runs):  # the slots are free again, slot 0 is sd.token again (as train_runs leaves them)
+            set_token(sd, sd.init_embedding, k)
+    return dict(
+        res,
+        runs=runs,
+        combined_batch=runs * cfg.epoch_size,
+        micro_batch_size=micro_batch_size(cfg, sd.device, runs),
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        steps=cfg.num_of_SD_inference_steps,
+        dtype=str(sd.dtype),
+    )
+
+
+def projection(cases: dict, epochs: int, epoch_size: int = 5, classes: int = IMAGENET_CLASSES) -> dict:
+    """The training cost of `classes` classes at `epochs` epochs of `epoch_size` images each, in hours of
+    this device: the original's schedule (one class at a time, micro-batches of 1), one class at a time
+    at the project's micro-batch (the faster of the 1-run cases), and class batching at the fastest
+    measured combined batch."""
+    images = classes * epochs * epoch_size
+
+    def cost(name: str) -> dict:
+        r = cases[name]
+        return dict(
+            case=name,
+            combined_batch=r["combined_batch"],
+            s_per_image=r["s_per_image"],
+            hours=images * r["s_per_image"] / 3600,
+        )
+
+    batched = [n for n in cases if n != "original"]
+    one = min((n for n in batched if cases[n]["runs"] == 1), key=lambda n: cases[n]["s_per_image"])
+    best = min(batched, key=lambda n: cases[n]["s_per_image"])
+    out = dict(classes=classes, epochs_per_class=epochs, epoch_size=epoch_size, images=images)
+    out |= dict(original=cost("original"), one_class_at_a_time=cost(one), class_batching=cost(best))
+    out["speedup_vs_original"] = out["original"]["hours"] / out["class_batching"]["hours"]
+    out["speedup_vs_one_class"] = out["one_class_at_a_time"]["hours"] / out["class_batching"]["hours"]
+    return out
+
+
 def token_gradient(sd, clf, cfg: RunConfig, prompts: list, noise: torch.Tensor, dtype: torch.dtype):
-    """The token's gradient for `prompts` and `noise`, with UNet, VAE and classifier in `dtype`, unscaled,
+    """The token's gradient for `prompts` and `noise`, with UNet and VAE in `dtype` (the classifier in
+    fp32, as training runs it), unscaled,
     and the loss scale it was computed at. fp16 goes through train.make_scaler's GradScaler as in training;
     after an overflow the scale is halved and the gradient recomputed, as the dynamic scaler does over
     the first epochs."""
-    for m in (sd.unet, sd.vae, clf):
+    for m in (sd.unet, sd.vae):
         m.to(dtype=dtype)
+    clf.float()
     sd.dtype = dtype
     loss_scale = cfg.loss_scale
     for _ in range(32):
@@ -225,10 +304,11 @@ def token_gradient(sd, clf, cfg: RunConfig, prompts: list, noise: torch.Tensor, 
 
 
 def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
-    """The numerics check: the token's gradient for one image (same noise and prompt) with UNet, VAE
-    and classifier in `half` against fp32, on whatever device the models are on (fp16 on a CPU too).
-    Passes at cosine >= 0.95 and a norm ratio in 0.8-1.25. The control: the fp32 gradient for another
-    noise (seed + 1), whose cosine with the first says how far apart two different gradients are."""
+    """The numerics check: the token's gradient for one image (same noise and prompt) with UNet and
+    VAE in `half` (the classifier in fp32, fed fp32 images, as in training) against all-fp32, on
+    whatever device the models are on (fp16 on a CPU too). Passes at cosine >= 0.95 and a norm ratio
+    in 0.8-1.25. The control: the fp32 gradient for another noise (seed + 1), whose cosine
+    with the first says how far apart two different gradients are."""
     prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, 1).epoch(cfg.seed, 0)
     sd.dtype = torch.float32  # the noises are drawn in fp32 and cast
     noise, other = initial_noise(sd, n=1, seed=cfg.seed), initial_noise(sd, n=1, seed=cfg.seed + 1)
@@ -252,6 +332,152 @@ def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
     )
 
 
+# ---------------------------------------------------------------- --digits: class batching in the digits world
+TOKEN_TOLERANCE = 1e-4  # max abs difference of a final token trained both ways (fp32; observed about 1e-6)
+
+
+def digits_cfg(out: Path, epochs: int, device: str, runs: int) -> RunConfig:
+    """The digits preset for exactly `epochs` epochs: accuracy_stop 1.0 is never exceeded and early_stopping
+    is beyond reach, so no run stops early and both schedules do the same work. `runs`: the class batch."""
+    from config import parse_args
+
+    argv = ["--preset", "digits", "--device", device, "--output_path", str(out), "--num_train_epochs", str(epochs)]
+    return parse_args([*argv, "--accuracy_stop", "1.0", "--early_stopping", str(10**6), "--class_batch", str(runs)])
+
+
+def forward_sizes(cfg: RunConfig, device: torch.device, runs: int) -> list[int]:
+    """The images of each forward of one epoch of `runs` runs trained together (train.epoch_step)."""
+    per, total = micro_batch_size(cfg, device, runs), runs * cfg.epoch_size
+    return [min(per, total - s) for s in range(0, total, per)]
+
+
+def train_groups(cfg: RunConfig, sd, clf, groups: list[list[int]], folder: Path) -> tuple[float, list]:
+    """One train.train_runs call per group of classes (0-based, named by the classifier's labels), each
+    run with the preset's seed, as run.py trains them; the wall time of all calls and the runs."""
+    from utils import class_dir_name
+
+    sync = torch.cuda.synchronize if sd.device.type == "cuda" else (lambda: None)
+    done = []
+    sync()
+    t0 = time.perf_counter()
+    for group in groups:
+        runs = []
+        for c in group:
+            name = class_dir_name(c, clf.labels[c])
+            paths = (folder / name / "train_log.jsonl", folder / name / "train")
+            runs.append(new_run(cfg, sd, c, clf.labels[c], *paths, cfg.seed, name))
+        desc = runs[0].label if len(runs) == 1 else f"{len(runs)} classes"
+        train_runs(cfg, sd, clf, runs, clf.labels, desc=desc)
+        done += runs
+    sync()
+    return time.perf_counter() - t0, done
+
+
+def compare_runs(apart: list, together: list) -> dict:
+    """Per class: the final tokens' (and kept tokens') max abs difference, the epoch losses' largest
+    relative difference and whether every epoch's predictions agree."""
+    per_class = []
+    for a, b in zip(apart, together):
+        losses = [abs(x["loss"] - y["loss"]) / max(abs(x["loss"]), 1e-12) for x, y in zip(a.log, b.log)]
+        per_class.append(
+            dict(
+                index=a.target,
+                name=a.name,
+                epochs=[len(a.log), len(b.log)],
+                token_max_abs_diff=(a.token.detach() - b.token.detach()).abs().max().item(),
+                kept_max_abs_diff=(a.kept - b.kept).abs().max().item(),
+                loss_max_rel_diff=max(losses, default=0.0),
+                same_predictions=[x["predictions"] for x in a.log] == [y["predictions"] for y in b.log],
+            )
+        )
+    worst = max(r["token_max_abs_diff"] for r in per_class)
+    return dict(per_class=per_class, max_abs_diff=worst, tolerance=TOKEN_TOLERANCE, same=worst < TOKEN_TOLERANCE)
+
+
+def bench_digits(classes: int, epochs: int, device: str, warmup: int) -> dict:
+    """The digits world's first `classes` classes, `epochs` epochs each: (a) one class at a time (one
+    train_runs call per class, the model loaded with 1 slot) and (b) all in one class batch (one call,
+    `classes` slots); wall time and training images per second of both, and the final tokens compared.
+    Training images and logs go to a temporary folder. `warmup`: an untimed 2-image gradient on each
+    model first (the first forward pays one-off costs)."""
+    from classifiers import load_classifier
+    from workspace import load_diffusion
+
+    with tempfile.TemporaryDirectory(prefix="bench_digits_") as tmp:
+        tmp = Path(tmp)
+        one, batch = digits_cfg(tmp, epochs, device, 1), digits_cfg(tmp, epochs, device, classes)
+        dev, dtype = device_dtype(one)
+        clf = load_classifier(one.classifier, one.classifier_pooling)
+        if classes > len(clf.labels):
+            raise SystemExit(f"bench.py: --classes {classes}: the digits classifier has {len(clf.labels)} classes")
+        sd_one = load_diffusion(one, {"classifier": clf}, dev, dtype)  # run.py's loading: 1 slot
+        sd_batch = load_diffusion(batch, {"classifier": clf}, dev, dtype)  # one slot per run
+        for sd in (sd_one, sd_batch) if warmup else ():
+            prompts = PromptDataset(one.placeholder_token, clf.labels[0], one.number_of_prompts, 2).epoch(0, 0)
+            epoch_gradient(sd, clf, prompts, initial_noise(sd, n=2, seed=0), 0, one, 2)
+            sd.token.grad = None
+        wanted = list(range(classes))
+        wall_one, apart = train_groups(one, sd_one, clf, [[c] for c in wanted], tmp / "one_at_a_time")
+        wall_batch, together = train_groups(batch, sd_batch, clf, [wanted], tmp / "class_batch")
+    images = classes * epochs * one.epoch_size
+
+    def side(calls: int, runs: int, wall: float, cfg: RunConfig) -> dict:
+        sizes = forward_sizes(cfg, dev, runs)
+        return dict(
+            train_runs_calls=calls,
+            runs_per_call=runs,
+            forward_sizes=sizes,
+            images=images,
+            wall_s=wall,
+            images_per_s=images / wall,
+        )
+
+    result = dict(
+        bench="digits class batching",
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        classes=[dict(index=c, name=clf.labels[c]) for c in wanted],
+        epochs=epochs,
+        epoch_size=one.epoch_size,
+        steps=one.num_of_SD_inference_steps,
+        grad_steps=one.grad_steps,
+        size=[one.height, one.width],
+        dtype=str(dtype),
+        cpu_forward=CPU_FORWARD,
+        one_at_a_time=side(classes, 1, wall_one, one),
+        class_batch=side(1, classes, wall_batch, batch),
+    )
+    result["speedup"] = result["class_batch"]["images_per_s"] / result["one_at_a_time"]["images_per_s"]
+    result["tokens"] = compare_runs(apart, together)
+    return result
+
+
+def digits_markdown(r: dict) -> str:
+    a, b, t = r["one_at_a_time"], r["class_batch"], r["tokens"]
+    n = len(r["classes"])
+    lines = [
+        "# Class batching in the digits world\n",
+        f"{r['device']}, torch {r['torch']}, {r['threads']} threads; {n} classes x {r['epochs']} epochs x "
+        f"{r['epoch_size']} images ({r['size'][0]} px, {r['steps']} steps, gradient through {r['grad_steps']}), "
+        f"{r['dtype'].removeprefix('torch.')}. Written by `bench.py --digits`.\n",
+        "| schedule | train_runs calls | runs per call | images per forward | images | wall s | images / s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for what, s in (("one class at a time", a), ("one class batch", b)):
+        sizes = ", ".join(map(str, s["forward_sizes"]))
+        row = [what, s["train_runs_calls"], s["runs_per_call"], sizes, s["images"], f"{s['wall_s']:.1f}"]
+        lines.append("| " + " | ".join(map(str, row)) + f" | {s['images_per_s']:.2f} |")
+    lines.append(f"\nClass batch / one class at a time: {r['speedup']:.2f}x the images per second.\n")
+    verdict = "the same" if t["same"] else "DIFFERENT"
+    diffs = ", ".join(f"{c['index']} {c['token_max_abs_diff']:.1e}" for c in t["per_class"])
+    lines.append(
+        f"Final tokens, class batch vs one at a time: {verdict} (largest max abs difference {t['max_abs_diff']:.1e}, "
+        f"tolerance {t['tolerance']:g}); per class: {diffs}."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def markdown(result: dict) -> str:
     lines = [
         f"# Benchmarks ({result['shape']} shapes, random weights)\n",
@@ -267,6 +493,40 @@ def markdown(result: dict) -> str:
             peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
             row = [what, case, batch, r["dtype"].removeprefix("torch."), f"{r['s_per_image']:.4g}", peak]
             lines.append("| " + " | ".join(map(str, row)) + f" | {base / r['s_per_image']:.2f}x |")
+    cb = result.get("class_batch")
+    if cb:
+        lines += [
+            "\nClass batching (`train.epoch_step`: runs of epoch_size 5 trained together, one epoch, the "
+            "training PNGs included, no optimizer step):\n",
+            "| case | runs | combined batch | images per forward | checkpointing | s / image | peak GiB | "
+            "speed-up vs original |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        base = cb["original"]["s_per_image"]
+        for case, r in cb.items():
+            peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+            row = [case, r["runs"], r["combined_batch"], r["micro_batch_size"], r["gradient_checkpointing"]]
+            row += [f"{r['s_per_image']:.4g}", peak, f"{base / r['s_per_image']:.2f}x"]
+            lines.append("| " + " | ".join(map(str, row)) + " |")
+    pr = result.get("projection")
+    if pr:
+        lines.append(
+            f"\nProjected training cost of {pr['classes']} classes x {pr['epochs_per_class']} epochs x "
+            f"{pr['epoch_size']} images ({pr['images']} images) on this device:\n"
+        )
+        lines += ["| schedule | case | combined batch | s / image | hours |", "| --- | --- | --- | --- | --- |"]
+        for what, key in (
+            ("original (one class at a time, micro-batches of 1)", "original"),
+            ("one class at a time (the project's micro-batch)", "one_class_at_a_time"),
+            ("class batching (fastest measured)", "class_batching"),
+        ):
+            c = pr[key]
+            row = [what, c["case"], c["combined_batch"], f"{c['s_per_image']:.4g}", f"{c['hours']:.1f}"]
+            lines.append("| " + " | ".join(map(str, row)) + " |")
+        lines.append(
+            f"\nClass batching: {pr['speedup_vs_original']:.2f}x faster than the original's schedule, "
+            f"{pr['speedup_vs_one_class']:.2f}x faster than one class at a time."
+        )
     g = result.get("gradient_precision")
     if g:
         verdict = "pass" if g["ok"] else "FAIL"
@@ -285,9 +545,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_out(tiny: bool) -> Path:
-    """Where the tables go without `--out`: out/bench/ (out/bench_tiny/), never docs/ unless asked."""
-    return Path(__file__).parent / "out" / ("bench_tiny" if tiny else "bench")
+def default_out(tiny: bool, digits: bool = False) -> Path:
+    """Where the tables go without `--out`: out/bench/ (out/bench_tiny/, out/bench_digits/), never docs/
+    unless asked."""
+    return Path(__file__).parent / "out" / ("bench_digits" if digits else "bench_tiny" if tiny else "bench")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,7 +559,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--compile", action="store_true", help="add torch.compile(unet) cases (run.py --compile)")
     p.add_argument("--out", type=Path, help="folder for benchmarks.json / .md (out/bench/, --tiny: out/bench_tiny/)")
+    p.add_argument("--projected_epochs", type=int, default=50, help="epochs per class in the 1000-class projection")
+    p.add_argument("--digits", action="store_true", help="class batching in the digits world (CPU, minutes)")
+    p.add_argument("--epochs", type=int, default=5, help="--digits: epochs per class, the same both ways")
+    p.add_argument("--classes", type=int, default=10, help="--digits: the first N classes")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.digits:
+        return main_digits(args)
     shape_name = "tiny" if args.tiny else "sd14"
     device = args.device  # "auto": resolved by device_dtype, as run.py does
     if shape_name == "sd14" and device == "auto" and not torch.cuda.is_available():
@@ -307,31 +574,41 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out(args.tiny)
     out.mkdir(parents=True, exist_ok=True)
     shape, kw = SHAPES[shape_name], dict(repeats=args.repeats, warmup=args.warmup)
-    cases = [("train", *c) for c in TRAIN_CASES.items()] + [("generate", *c) for c in GENERATE_CASES.items()]
+    # The class-batch cases first: they leave slot 0 at the initializer's embedding, and the gradient check
+    # below runs at the token that the train cases' last one (disco_train_class) leaves there.
+    cases = [("class_batch", name, dict(over, runs=runs)) for name, (runs, over) in CLASS_BATCH_CASES.items()]
+    cases += [("train", *c) for c in TRAIN_CASES.items()] + [("generate", *c) for c in GENERATE_CASES.items()]
     if args.compile:  # last, like a run.py process: one compiled UNet for training, then for evaluation
         cases += [("train", "disco_compile", COMPILE_CASE), ("generate", "disco_compile", COMPILE_CASE)]
     import diffusers
 
     quiet_libraries()
     result = dict(device="cpu", torch=torch.__version__, diffusers=diffusers.__version__, shape=shape_name, **kw)
-    result |= dict(tf32_matmul=torch.backends.cuda.matmul.allow_tf32, train={}, generate={})
+    result |= dict(tf32_matmul=torch.backends.cuda.matmul.allow_tf32, train={}, generate={}, class_batch={})
     with tempfile.TemporaryDirectory(prefix="bench_sd_") as tmp:  # SD 1.4 shapes: about 4.3 GB
         folder = Path(tmp) / "sd"
         build_pipeline(shape, folder)
         cfg = make_cfg(shape, folder, device)
         dev, dtype = device_dtype(cfg)
-        sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), cfg.placeholder_token, cfg.initializer_token)
-        clf = build_classifier(shape).to(dev)
+        words, slots = (cfg.placeholder_token, cfg.initializer_token), max(CLASS_BATCH_RUNS)  # a slot per run
+        sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), *words, slots)
+        clf = build_classifier(shape).to(dev)  # fp32, as workspace.load_diffusion leaves it
         if dev.type == "cuda":
             result["device"] = torch.cuda.get_device_name(dev)
         for what, case, over in cases:
             over = dict(over)
             channels_last, full = over.pop("channels_last", False), over.pop("full", False)
+            runs = over.pop("runs", 1)
             cfg = make_cfg(shape, folder, device, **over)
             configure_bench(sd, clf, cfg, channels_last)
-            r = bench_train(sd, clf, cfg, full, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
+            if what == "class_batch":
+                r = bench_class_batch(sd, clf, cfg, runs, Path(tmp) / "class_batch", **kw)
+            else:
+                r = bench_train(sd, clf, cfg, full, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
             result[what][case] = r
-            print(f"{what:8} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
+            print(f"{what:11} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
+            if what == "class_batch" and len(result[what]) == len(CLASS_BATCH_CASES):
+                result["projection"] = projection(result[what], args.projected_epochs, cfg.epoch_size)
             (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")  # after every case
         if not args.compile:  # compiled UNets stay compiled; the check runs the plain models
             configure_bench(sd, clf, make_cfg(shape, folder, device))
@@ -341,6 +618,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"gradient fp16 vs fp32: cosine {g['cosine']:.4f}, norm ratio {g['norm_ratio']:.3f}", flush=True)
             (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "benchmarks.md").write_text(markdown(result))
+    print(f"wrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
+    return 0
+
+
+def main_digits(args) -> int:
+    out = args.out or default_out(False, digits=True)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.epochs < 1 or args.classes < 1:
+        print("bench.py: --epochs and --classes must be positive", file=sys.stderr)
+        return 2
+    quiet_libraries()
+    r = bench_digits(args.classes, args.epochs, args.device, args.warmup)
+    (out / "benchmarks.json").write_text(json.dumps(r, indent=2) + "\n")
+    (out / "benchmarks.md").write_text(digits_markdown(r))
+    for what in ("one_at_a_time", "class_batch"):
+        s = r[what]
+        print(f"{what:14} {s['wall_s']:.1f} s  {s['images_per_s']:.2f} images/s  forwards {s['forward_sizes']}")
+    print(f"speed-up {r['speedup']:.2f}x; tokens max abs diff {r['tokens']['max_abs_diff']:.1e}")
     print(f"wrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
     return 0
 

@@ -36,10 +36,32 @@ def test_tiny_bench_writes_json_and_table(tmp_path, monkeypatch, one_thread):
     assert "Token gradient, float16 vs fp32" in table and ": pass (needs" in table
     assert "| train | original | 1 |" in table and "| generate | disco | 10 |" in table
 
-    # The numerics check runs fp16 on the CPU too (through the GradScaler, halving after an overflow).
-    # Measured on these shapes: cosine 0.9999994, norm ratio 1.0018, relative difference 0.0021 at loss
-    # scale 32768; the control (fp32, another noise) has cosine -0.26, so a gradient of the wrong image,
-    # or a scale left in it, fails by far.
+    # Class batching: 1, 2, 4, 8 runs of 5 images in one epoch step, with and without checkpointing,
+    # and the original's micro-batches of 1; on the CPU one forward holds them all (at most 64).
+    cb = result["class_batch"]
+    assert set(cb) == set(bench.CLASS_BATCH_CASES) and len(cb) == 1 + 2 * len(bench.CLASS_BATCH_RUNS)
+    for case, r in cb.items():
+        runs = bench.CLASS_BATCH_CASES[case][0]
+        assert r["runs"] == runs and r["combined_batch"] == 5 * runs, case
+        assert r["s_per_image"] > 0 and r["images"] == 5 * runs and r["peak_gib"] is None, case
+        assert r["dtype"] == "torch.float32", case
+    assert cb["original"]["micro_batch_size"] == 1 and cb["runs8"]["micro_batch_size"] == 40
+    assert cb["runs2"]["gradient_checkpointing"] and not cb["runs2_no_ckpt"]["gradient_checkpointing"]
+    pr = result["projection"]
+    assert pr["classes"] == 1000 and pr["epochs_per_class"] == 50 and pr["images"] == 1000 * 50 * 5
+    for key in ("original", "one_class_at_a_time", "class_batching"):
+        c = pr[key]
+        assert c["hours"] > 0 and c["hours"] == pytest.approx(pr["images"] * cb[c["case"]]["s_per_image"] / 3600)
+    assert pr["one_class_at_a_time"]["case"] in ("runs1", "runs1_no_ckpt")
+    assert pr["class_batching"]["s_per_image"] == min(r["s_per_image"] for c, r in cb.items() if c != "original")
+    assert pr["speedup_vs_one_class"] >= 1
+    assert "| runs8 | 8 | 40 | 40 | True |" in table and "Projected training cost of 1000 classes" in table
+
+    # The numerics check runs fp16 on the CPU too (through the GradScaler, halving after an overflow), the
+    # classifier in fp32 as in training. Measured on these shapes: cosine 0.999996, norm ratio 0.9966,
+    # relative difference 0.0044 at loss scale 65536; the control (fp32, another noise) has cosine 0.44 and
+    # an fp16 gradient for another prompt 0.88, so a gradient of the wrong image or prompt, or a scale left
+    # in it, fails.
     g = result["gradient_precision"]
     assert g["dtype"] == "torch.float16" and g["ok"] and g["fp32_norm"] > 0
     assert g["cosine"] > 0.999 and abs(g["norm_ratio"] - 1) < 0.02 and g["rel_diff"] < 0.02
@@ -57,10 +79,46 @@ def test_auto_device_resolves_to_the_cpu_without_a_gpu(tmp_path, monkeypatch):
 
 def test_default_output_is_never_docs():
     docs = Path(bench.__file__).parent / "docs"
-    for tiny in (False, True):
-        out = bench.default_out(tiny)
+    for tiny, digits in ((False, False), (True, False), (False, True)):
+        out = bench.default_out(tiny, digits)
         assert out.resolve() != docs.resolve() and docs.resolve() not in out.resolve().parents
     assert bench.default_out(True).name == "bench_tiny" and bench.default_out(False).name == "bench"
+    assert bench.default_out(False, digits=True).name == "bench_digits"
+
+
+def test_digits_class_batch_trains_the_same_tokens(tmp_path, monkeypatch, one_thread):
+    """bench.py --digits on 2 classes for 1 epoch: one class at a time (two train_runs calls) against one
+    class batch (one call, two slots), the same work both ways and the same tokens (fp32)."""
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    args = ["--digits", "--classes", "2", "--epochs", "1", "--warmup", "0", "--out", str(tmp_path)]
+    assert bench.main(args) == 0
+    r = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert r["device"] == "cpu" and r["dtype"] == "torch.float32" and r["epochs"] == 1
+    assert [c["index"] for c in r["classes"]] == [0, 1] and all(c["name"] for c in r["classes"])
+    a, b = r["one_at_a_time"], r["class_batch"]
+    assert (a["train_runs_calls"], a["runs_per_call"], b["train_runs_calls"], b["runs_per_call"]) == (2, 1, 1, 2)
+    size = r["epoch_size"]  # the digits preset's 16
+    assert a["images"] == b["images"] == 2 * 1 * size
+    assert a["forward_sizes"] == [size] and b["forward_sizes"] == [2 * size]  # both epochs in one forward
+    for s in (a, b):
+        assert s["wall_s"] > 0 and s["images_per_s"] == pytest.approx(s["images"] / s["wall_s"])
+    assert r["speedup"] == pytest.approx(b["images_per_s"] / a["images_per_s"])
+    t = r["tokens"]
+    assert len(t["per_class"]) == 2 and t["same"] and t["max_abs_diff"] < 1e-4
+    for c in t["per_class"]:
+        assert c["epochs"] == [1, 1] and c["same_predictions"] and c["loss_max_rel_diff"] < 1e-4
+        assert c["token_max_abs_diff"] < 1e-4 and c["kept_max_abs_diff"] < 1e-4
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert "| one class at a time | 2 | 1 | 16 | 32 |" in table and "| one class batch | 1 | 2 | 32 | 32 |" in table
+    assert "Final tokens, class batch vs one at a time: the same" in table
+
+
+def test_digits_forwards_are_capped_on_the_cpu(tmp_path):
+    """Ten digits classes of 16 images: forwards of 64, 64 and 32 on the CPU (train.CPU_FORWARD)."""
+    cfg = bench.digits_cfg(tmp_path, 5, "cpu", 10)
+    assert cfg.num_train_epochs == 5 and cfg.accuracy_stop == 1.0 and cfg.early_stopping > 5 and cfg.class_batch == 10
+    assert bench.forward_sizes(cfg, torch.device("cpu"), 10) == [64, 64, 32]
+    assert bench.forward_sizes(cfg, torch.device("cpu"), 1) == [16]
 
 
 def test_sd14_shapes_refuse_a_cpu_unless_asked(tmp_path, monkeypatch):
