@@ -226,15 +226,17 @@ def decode(sd: SD, latents: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(sd: SD, prompt: str, seeds: list[int], steps: int, guidance: float, batch_size: int) -> torch.Tensor:
-    """Images [N, 3, H, W] in [0, 1] on the CPU, one per seed; batched, identical per seed to
-    batch-1 generation (tests/test_batching.py)."""
-    uncond1, cond1 = encode(sd, [""]), encode(sd, [prompt])
+def generate(sd: SD, prompt, seeds: list[int], steps: int, guidance: float, batch_size: int) -> torch.Tensor:
+    """Images [N, 3, H, W] in [0, 1] on the CPU, one per seed, for one prompt or one prompt per seed
+    (several classes at once); batched, identical per seed to batch-1 generation (tests/test_batching.py)."""
+    prompts = [prompt] * len(seeds) if isinstance(prompt, str) else list(prompt)
+    uncond1 = encode(sd, [""])
+    conds = {p: encode(sd, [p]) for p in dict.fromkeys(prompts)}
     out = []
     for i in range(0, len(seeds), batch_size):
         chunk = seeds[i : i + batch_size]
         latents = initial_noise(sd, seeds=chunk)
-        n = len(chunk)
-        latents = denoise(sd, latents, cond1.expand(n, -1, -1), uncond1.expand(n, -1, -1), steps, guidance)
+        cond = torch.cat([conds[p] for p in prompts[i : i + batch_size]])
+        latents = denoise(sd, latents, cond, uncond1.expand(len(chunk), -1, -1), steps, guidance)
         out.append(decode(sd, latents).clamp(0, 1).cpu())  # as the pipeline returns them
     return torch.cat(out)

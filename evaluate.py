@@ -29,9 +29,32 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
     """Generate the evaluation seeds with "A photo of S_c <class>" and "A photo of a <class>",
     classify both with every classifier, save images, the grid and metrics.json. The returned metrics
     name the images written (`images`: per prompt, paths relative to `paths.img_dir`, in seed order)."""
+    return evaluate_classes(cfg, sd, classifiers, [(target, name, paths)])[0]
+
+
+def evaluate_classes(cfg, sd, classifiers: dict, jobs: list[tuple]) -> list[dict]:
+    """`evaluate_class` for several classes ((index, name, ClassPaths) each), their images generated
+    together: class k's saved token in placeholder slot k, one prompt per image."""
     start = time.time()
-    set_token(sd, load_token(paths.token, cfg.placeholder_token))  # base model + the saved token
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.test_size))
+    for k, (_, _, paths) in enumerate(jobs):
+        set_token(sd, load_token(paths.token, cfg.placeholder_token), k)  # base model + the saved token
+    words = {"baseline": [cfg.initializer_token] * len(jobs), "token": [sd.slot_word(k) for k in range(len(jobs))]}
+    images = {}
+    for kind, ws in words.items():
+        prompts = [class_prompt(EVAL_TEMPLATE, w, name) for w, (_, name, _) in zip(ws, jobs) for _ in seeds]
+        images[kind] = eval_images(cfg, sd, prompts, seeds * len(jobs)).split(len(seeds))
+    seconds = (time.time() - start) / len(jobs)
+    out = []
+    for k, (target, name, paths) in enumerate(jobs):
+        generated = {kind: images[kind][k] for kind in words}
+        out.append(judge_class(cfg, classifiers, target, name, paths, generated, seeds, sd.device, seconds))
+    return out
+
+
+def judge_class(cfg, classifiers: dict, target: int, name: str, paths, generated: dict, seeds, device, seconds):
+    """Classify one class's images with every classifier; write its images, grid.png and metrics.json."""
+    start = time.time()
     prompts = {
         "token": class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name),
         "baseline": class_prompt(EVAL_TEMPLATE, cfg.initializer_token, name),  # the original's (docs/original.md §6)
@@ -39,12 +62,11 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
     metrics = dict(class_index=target + 1, class_name=name, exp_id=cfg.exp_id, seeds=seeds, prompts=prompts)
     metrics["settings"] = dict(sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
     metrics["intervals"] = "95%: Wilson score (accuracies); Newcombe's paired square-and-add (gain), stats.py"
-    rows, main, generated = [], next(iter(classifiers)), {}
+    rows, main = [], next(iter(classifiers))
     for kind in ("baseline", "token"):
-        images = eval_images(cfg, sd, prompts[kind], seeds)
-        generated[kind] = images
+        images = generated[kind]
         for role, clf in classifiers.items():
-            preds = classify(clf, images, cfg.eval_batch_size, sd.device)
+            preds = classify(clf, images, cfg.eval_batch_size, device)
             res = metrics.setdefault(role, dict(name=clf.name))
             res[f"{kind}_accuracy"] = sum(p == target for p in preds) / len(preds)
             res[f"{kind}_predictions"] = preds
@@ -60,20 +82,18 @@ def evaluate_class(cfg, sd, classifiers: dict, target: int, name: str, paths) ->
         metrics[role].update(intervals(metrics[role], target))
     if len(classifiers) == 2:  # images off the data manifold can fool one judge and not the other
         a, b = (metrics[role] for role in classifiers)
-        metrics["agreement"] = {
-            k: agreement(a[f"{k}_predictions"], b[f"{k}_predictions"]) for k in ("baseline", "token")
-        }
+        metrics["agreement"] = {k: agreement(a[f"{k}_predictions"], b[f"{k}_predictions"]) for k in prompts}
     if cfg.fid_reference:
         folder = fid_reference_dir(cfg, paths.dir_name)
-        metrics["fid"] = frechet_to_reference(cfg, classifiers, generated, folder, sd.device)
+        metrics["fid"] = frechet_to_reference(cfg, classifiers, generated, folder, device)
     save_image(paths.img_dir / "grid.png", comparison_grid(rows))
     metrics["images"]["grid"] = "grid.png"
-    metrics["seconds"] = round(time.time() - start, 2)
+    metrics["seconds"] = round(seconds + time.time() - start, 2)
     write_json(paths.metrics, metrics)
     return metrics
 
 
-def eval_images(cfg, sd, prompt: str, seeds: list[int]) -> torch.Tensor:
+def eval_images(cfg, sd, prompt, seeds: list[int]) -> torch.Tensor:
     """The evaluation sampler's images; `eval_as_original`: in fp32 and through the model's safety checker,
     as the original evaluated (docs/original.md §6)."""
     if not cfg.eval_as_original:

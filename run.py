@@ -28,8 +28,8 @@ def run(cfg: "RunConfig") -> int:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from evaluate import check_fid_references
-    from report import format_table, write_summary
+    from evaluate import check_fid_references, evaluate_classes
+    from report import format_table, report_line, write_summary
     from utils import UsageError, remove_stale_tmp
     from workspace import (
         ClassPaths,
@@ -69,8 +69,11 @@ def run(cfg: "RunConfig") -> int:
                 jobs.append((c, labels[c], paths))
         if cfg.train and jobs:
             train_batch(cfg, sd, classifiers["classifier"], jobs, state.process_index)
+        if cfg.evaluate and jobs:  # the batch's classes generate their evaluation images together
+            for m in evaluate_classes(cfg, sd, classifiers, jobs):
+                tqdm.write(report_line(m))
         for c, name, paths in jobs:
-            finish_class(cfg, sd, classifiers, c, name, paths)
+            finish_class(cfg, sd, c, name, paths)
         bar.update(len(mine[start : start + cfg.class_batch]))
     bar.close()
     state.wait_for_everyone()
@@ -81,22 +84,20 @@ def run(cfg: "RunConfig") -> int:
     return 0
 
 
-def finish_class(cfg: "RunConfig", sd, classifiers: dict, c: int, name: str, paths) -> None:
-    """After training: evaluation, generated images, the full pipeline, as asked."""
-    from tqdm.auto import tqdm
-
-    from evaluate import evaluate_class, generate_dataset
-    from report import report_line
+def finish_class(cfg: "RunConfig", sd, c: int, name: str, paths) -> None:
+    """After training and evaluation: generated images and the full pipeline, as asked."""
+    from diffusion import set_token
+    from evaluate import generate_dataset
+    from train import load_token
     from workspace import save_full_pipeline
 
-    if cfg.evaluate:
-        tqdm.write(report_line(evaluate_class(cfg, sd, classifiers, c, name, paths)))
     if cfg.generate:
         generate_dataset(cfg, sd, name, paths, Path(cfg.output_path) / "generated" / paths.dir_name)
         if cfg.generate_baseline:  # the same seeds with "A photo of a <class>" (digits/augment.py compares)
             out = Path(cfg.output_path) / "generated_baseline" / paths.dir_name
             generate_dataset(cfg, sd, name, paths, out, token=False)
     if cfg.save_as_full_pipeline:
+        set_token(sd, load_token(paths.token, cfg.placeholder_token))  # this class's token in S_c's row
         save_full_pipeline(sd, paths.token_dir / "pipeline")
 
 

@@ -4,9 +4,11 @@ chosen without the judge, class batches with resume, and the bad inputs."""
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_args
+from PIL import Image
 
 from classifiers import load_classifier
 from config import SELECTION_SEED, parse_args
@@ -108,6 +110,14 @@ def test_class_batch_gives_the_same_tokens_and_resumes(tiny, tmp_path):
     for t in tokens:
         other = apart / t.relative_to(batched)
         assert torch.allclose(load_file(t)["newclas"], load_file(other)["newclas"], atol=1e-5)
+    for m in sorted(batched.glob("pipeline_token/*/default/metrics.json")):  # evaluated together, the same images
+        other = json.loads((apart / m.relative_to(batched)).read_text())
+        mine = json.loads(m.read_text())
+        assert mine["classifier"]["token_predictions"] == other["classifier"]["token_predictions"]
+        for f in mine["images"]["token"] + mine["images"]["baseline"]:
+            img = m.parents[3] / "img" / m.parts[-3] / "default" / f
+            a, b = (np.asarray(Image.open(p), dtype=float) for p in (img, apart / img.relative_to(batched)))
+            assert np.abs(a - b).max() <= 2
     rows = (batched / "results.csv").read_text().splitlines()
     assert len(rows) == 4 and (batched / "results_gains_default.png").is_file()  # the gains chart beside it
     # A run killed after the first batch: class 3 has no token; only it is trained again.

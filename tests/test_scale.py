@@ -78,5 +78,5 @@ def test_readme_reuse_example_runs_and_is_quoted(tiny, tmp_path):
     images = example(tiny["sd"], str(out), height=16, width=16, num_inference_steps=2)
     assert len(images) == 2 and images[0].size == (16, 16)
     code = (ROOT / "docs" / "reuse_example.py").read_text()
-    body = code[code.index("def pipeline_with_tokens") :]
+    body = code[code.index("def pipeline_with_tokens") : code.index("    return pipe\n") + len("    return pipe")]
     assert body.strip() in (ROOT / "README.md").read_text()
