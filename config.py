@@ -197,9 +197,9 @@ def _validate(cfg: RunConfig) -> None:
 
     positive = ("epoch_size", "num_train_epochs", "num_of_SD_inference_steps", "eval_steps", "test_size")
     positive += ("eval_batch_size", "early_stopping", "number_of_prompts", "grad_steps", "max_nonfinite")
+    positive += ("candidates", "select_size", "class_batch")
     for flag in positive:
         need(getattr(cfg, flag) > 0, flag, "must be a positive integer")
-    positive += ("candidates", "select_size", "class_batch")
     for flag in ("batch_size", "gradient_accumulation_steps", "generate", "eval_seed", "seed"):
         need(getattr(cfg, flag) >= 0, flag, "must be zero or a positive integer")
     for flag in ("height", "width"):

@@ -67,3 +67,26 @@ def test_only_the_main_process_draws_progress_bars(tiny, tmp_path):
     descs = re.findall(r"([\w.-]+):\s+\d+%\|", r.stderr)  # each bar redraw: "<desc>:  50%|█████     | 1/2 ..."
     assert {"classes", "1_tabby", "3_crane"} <= set(descs), r.stderr[-2000:]  # the main process's bars
     assert not {"2_tiger_cat", "4_crane"} & set(descs), r.stderr[-2000:]  # none of the other's
+
+
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (["--candidates", "0"], "--candidates"),
+        (["--class_batch", "0"], "--class_batch"),
+        (["--select_size", "0"], "--select_size"),
+        (["--candidates", "-2"], "--candidates"),
+        (["--class_batch", "-1"], "--class_batch"),
+        (["--candidates", "5", "--train", "False"], "--candidates"),
+        (["--class_batch", "4", "--train", "False"], "--class_batch"),
+        (["--candidates", "2", "--preset", "original"], "--decay_vocabulary"),
+        (["--candidates", "2", "--eval_seed", "500000"], "--eval_seed"),
+        (["--preset", "digits,nosuch"], "--preset"),
+        (["--report_to", "comet"], "--report_to"),
+    ],
+)
+def test_many_runs_bad_input_is_one_line_before_any_model(tmp_path, capsys, args, flag):
+    """Checked at parsing: models that do not exist are never reached."""
+    argv = ["--sd_model", "nobody/no-such-model", "--classifier", "nobody/nothing", "--output_path", str(tmp_path)]
+    assert main([*argv, *args]) == 2
+    assert one_line_error(capsys).startswith(f"run.py: error: {flag} ")
