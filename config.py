@@ -102,7 +102,7 @@ class RunConfig:
     # --- many runs at once ---
     candidates: int = 1  # train K tokens per class (own noise seeds), keep the one most accurate on selection seeds
     select_size: int = 20  # with candidates > 1: images per candidate on the selection seeds, judged by `classifier`
-    class_batch: int = 1  # train this many classes (times their candidates) together in one batch
+    class_batch: int = 1  # train (and evaluate) this many classes, times their candidates, together in one batch
     # --- the original code's computation, defects included (docs/original.md §7; --preset original) ---
     clip_before_backward: bool = False  # clip the scaled, accumulated gradient before each backward (§7.1)
     decay_vocabulary: bool = False  # AdamW over the whole embedding matrix: weight decay shrinks every word (§7.2)
@@ -224,7 +224,6 @@ def _validate(cfg: RunConfig) -> None:
     )
     need(cfg.report_to != "wandb" or _importable("wandb"), "report_to", "pip install wandb")
     need(cfg.train or cfg.candidates == 1, "candidates", "needs --train True (candidates are chosen while training)")
-    need(cfg.train or cfg.class_batch == 1, "class_batch", "needs --train True (it batches training)")
     alone = cfg.candidates * cfg.class_batch == 1
     need(alone or not cfg.decay_vocabulary, "decay_vocabulary", "decays the one shared vocabulary: one run at a time")
     seeds, selection = (

@@ -78,7 +78,6 @@ def test_only_the_main_process_draws_progress_bars(tiny, tmp_path):
         (["--candidates", "-2"], "--candidates"),
         (["--class_batch", "-1"], "--class_batch"),
         (["--candidates", "5", "--train", "False"], "--candidates"),
-        (["--class_batch", "4", "--train", "False"], "--class_batch"),
         (["--candidates", "2", "--preset", "original"], "--decay_vocabulary"),
         (["--candidates", "2", "--eval_seed", "500000"], "--eval_seed"),
         (["--preset", "digits,nosuch"], "--preset"),
