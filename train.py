@@ -122,7 +122,6 @@ class Run:
     scaler: torch.amp.GradScaler  # its own loss scale: one run's overflow never skips another's step
     label: str = ""  # names the run in warnings, e.g. 283_tiger_cat
     slot: int = 0
-    token: torch.nn.Parameter = None
     best_loss: float = math.inf
     kept_epoch: int | None = None
     since_best: int = 0
@@ -262,7 +261,9 @@ def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str]) -> 
         sd.values[run.slot] = run.token
     items = [(k, j) for j in range(cfg.epoch_size) for k in range(len(runs))]
     per_forward = micro_batch_size(cfg, sd.device, len(runs))
-    losses, preds, images = [[0.0] * cfg.epoch_size for _ in runs], [[0] * cfg.epoch_size for _ in runs], {}
+    # Each run's loss weight; its scale changes only in finish_epoch, so one read (a host sync) per epoch.
+    weights = [_scale(run.scaler, sd.device) / cfg.epoch_size for run in runs]
+    losses, preds, images = ([[None] * cfg.epoch_size for _ in runs] for _ in range(3))
     for s in range(0, len(items), per_forward):
         chunk = items[s : s + per_forward]
         if cfg.clip_before_backward:
@@ -271,19 +272,15 @@ def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str]) -> 
         prompts = [inputs[k][0][j] for k, j in chunk]
         noise = torch.cat([inputs[k][1][j : j + 1] for k, j in chunk])
         targets = [runs[k].target for k, _ in chunk]
-        weight = [_scale(runs[k].scaler, sd.device) / cfg.epoch_size for k, _ in chunk]
+        weight = torch.tensor([weights[k] for k, _ in chunk], device=sd.device)
         loss, pred, batch = train_step(sd, clf, prompts, noise, targets, cfg)
-        (loss * torch.tensor(weight, device=loss.device, dtype=loss.dtype)).sum().backward()
-        for (k, j), value, p, im in zip(chunk, loss.tolist(), pred.tolist(), batch):
-            losses[k][j], preds[k][j] = value, p
-            images.setdefault(k, {})[j] = im.cpu()
+        (loss * weight.to(loss.dtype)).sum().backward()
+        for (k, j), value, p, im in zip(chunk, loss.tolist(), pred.tolist(), batch.cpu()):
+            losses[k][j], preds[k][j], images[k][j] = value, p, im
             save_image(runs[k].img_dir / f"e{epoch:03d}_{j:02d}_{p}_{labels[p]}.png", im, compress_level=1)
     for run in runs:
         sd.values[run.slot] = run.token.detach()
-    out = []
-    for k in range(len(runs)):
-        out.append((sum(losses[k]) / cfg.epoch_size, preds[k], torch.stack([images[k][j] for j in sorted(images[k])])))
-    return out
+    return [(sum(lo) / cfg.epoch_size, pr, torch.stack(im)) for lo, pr, im in zip(losses, preds, images)]
 
 
 def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scaler=None) -> tuple[float, list[int]]:

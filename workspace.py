@@ -201,12 +201,8 @@ def keep_best(cfg: RunConfig, sd, clf, runs: list, name: str, paths: "ClassPaths
         best, listing = 0, None
     else:
         listing = []
-        for k, run in enumerate(runs):
-            save_token(
-                paths.candidate_files(k, len(runs))[0].with_name("learned_embeds.safetensors"),
-                cfg.placeholder_token,
-                run.kept,
-            )
+        for run in runs:
+            save_token(run.log_path.with_name("learned_embeds.safetensors"), cfg.placeholder_token, run.kept)
             listing.append(run.summary() | selection_accuracy(cfg, sd, clf, run.kept, run.target, name))
         best = max(range(len(runs)), key=lambda k: (listing[k]["selection_accuracy"], -runs[k].best_loss))
         for k, entry in enumerate(listing):
