@@ -102,7 +102,7 @@ class Jobs:
         c, paths = self.store.run_paths(run)
         seeds = list(range(first, first + n))
         with self.lock:
-            set_token(self.sd, load_token(paths.token, cfg.placeholder_token))
+            set_token(self.sd, load_token(paths.token, self.sd, cfg.placeholder_token))
             out = generate(self.sd, text, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
             preds = classify(self.classifiers["classifier"], out, cfg.eval_batch_size, self.device)
         return dict(images=out, preds=preds, seeds=seeds, token=paths.token, target=c)

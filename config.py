@@ -64,6 +64,7 @@ class RunConfig:
     classifier: str = "inet"  # inet | inat | cub | a transformers hub id or folder | timm/<model name>
     classifier_pooling: str = "auto"  # cls | mean (MAE heads: mean of patch tokens, norm, head) | auto
     eval_classifier: str = ""  # a second classifier that judges evaluation too (empty: only `classifier`)
+    train_encoders: str = ""  # text encoders whose S_c row is trained: clip_l, clip_g, t5xxl (empty: every CLIP one)
     placeholder_token: str = "newclas"  # the new token S_c
     initializer_token: str = "a"  # S_c starts from this token's embedding
     # --- training (docs/original.md §2) ---
@@ -85,9 +86,9 @@ class RunConfig:
     loss_scale: float = 65536.0  # fp16 only: initial scale of torch's dynamic GradScaler (the original's 2^16)
     max_nonfinite: int = 5  # stop a class after this many non-finite updates in a row
     seed: int = 35  # seeds the training noises (the same every epoch) and the prompt order
-    guidance_scale: float = 7.0  # classifier-free guidance while training
+    guidance_scale: float = 7.0  # classifier-free guidance while training (<= 1: none; FLUX.1-dev: its guidance input)
     num_of_SD_inference_steps: int = 30  # denoising steps while training
-    grad_steps: int = 1  # gradient skipping: grad through the last N sampler steps only (PNDM: N+1 UNet calls)
+    grad_steps: int = 1  # gradient skipping: grad through the last N sampler steps, N denoiser calls (PNDM: N+1)
     height: int = 512  # image height in pixels
     width: int = 512  # image width in pixels
     # --- evaluation ---
@@ -99,6 +100,7 @@ class RunConfig:
     fid_reference: str = ""  # folder of real images of the class (or of <class dir>/ subfolders): Frechet distance
     generate_baseline: bool = False  # with --generate N: also N images of "A photo of a <class>" in generated_baseline/
     save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
+    webui_token: bool = False  # also write <class dir>.safetensors for AUTOMATIC1111 / ComfyUI (name = prompt word)
     # --- many runs at once ---
     candidates: int = 1  # train K tokens per class (own noise seeds), keep the one most accurate on selection seeds
     select_size: int = 20  # with candidates > 1: images per candidate on the selection seeds, judged by `classifier`
@@ -137,6 +139,22 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"classes": self.classes}  # config.json records the 0-based classes too
 
+
+# The documented sampler settings of the newer pipelines (their model cards and diffusers' pipeline docs);
+# the family itself is read from the model's model_index.json, so these combine with a local --sd_model.
+FAMILY_PRESETS = {
+    "sdxl": dict(sd_model="stabilityai/stable-diffusion-xl-base-1.0", height=1024, width=1024, guidance_scale=5.0,
+                 eval_guidance_scale=5.0),
+    "sdxl-turbo": dict(sd_model="stabilityai/sdxl-turbo", height=512, width=512, num_of_SD_inference_steps=1,
+                       eval_steps=1, guidance_scale=0.0, eval_guidance_scale=0.0),
+    "sd3": dict(sd_model="stabilityai/stable-diffusion-3-medium-diffusers", height=1024, width=1024,
+                num_of_SD_inference_steps=28, eval_steps=28, eval_guidance_scale=7.0),
+    "flux-schnell": dict(sd_model="black-forest-labs/FLUX.1-schnell", height=1024, width=1024,
+                         num_of_SD_inference_steps=4, eval_steps=4, guidance_scale=0.0, eval_guidance_scale=0.0,
+                         mixed_precision="bf16"),
+    "flux-dev": dict(sd_model="black-forest-labs/FLUX.1-dev", height=1024, width=1024, guidance_scale=3.5,
+                     eval_guidance_scale=3.5, mixed_precision="bf16"),
+}  # fmt: skip
 
 PRESETS = {
     # The original code's computation, defects included (docs/original.md §7), for replication studies:
@@ -187,7 +205,7 @@ PRESETS = {
         # (same gradient up to rounding: tests/test_train.py::test_train_mode_changes_only_rounding).
         gradient_checkpointing=False,
     ),
-}
+} | FAMILY_PRESETS
 
 
 def _validate(cfg: RunConfig) -> None:
@@ -212,7 +230,7 @@ def _validate(cfg: RunConfig) -> None:
     need(0 <= cfg.accuracy_stop <= 1, "accuracy_stop", "must be in [0, 1]")
     need(cfg.number_of_prompts <= len(TEMPLATES), "number_of_prompts", f"at most {len(TEMPLATES)} templates exist")
     need(cfg.grad_steps <= cfg.num_of_SD_inference_steps, "grad_steps", "must be <= num_of_SD_inference_steps")
-    need(cfg.guidance_scale >= 1 and cfg.eval_guidance_scale >= 1, "guidance_scale", "guidance must be >= 1")
+    need(cfg.guidance_scale >= 0 and cfg.eval_guidance_scale >= 0, "guidance_scale", "guidance must be >= 0")
     need(cfg.mixed_precision in ("no", "fp16", "bf16"), "mixed_precision", "allowed: no, fp16, bf16")
     need(cfg.keep in ("after_step", "best_epoch"), "keep", "allowed: after_step, best_epoch")
     need(cfg.accuracy_stop_keeps in ("reaching", "saved"), "accuracy_stop_keeps", "allowed: reaching, saved")

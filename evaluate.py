@@ -38,7 +38,7 @@ def evaluate_classes(cfg, sd, classifiers: dict, jobs: list[tuple]) -> list[dict
     start = time.time()
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.test_size))
     for k, (_, _, paths) in enumerate(jobs):
-        set_token(sd, load_token(paths.token, cfg.placeholder_token), k)  # base model + the saved token
+        set_token(sd, load_token(paths.token, sd, cfg.placeholder_token), k)  # base model + the saved token
     words = {"baseline": [cfg.initializer_token] * len(jobs), "token": [sd.slot_word(k) for k in range(len(jobs))]}
     images = {}
     for kind, ws in words.items():
@@ -204,7 +204,7 @@ def generate_dataset(cfg, sd, name: str, paths, out_dir: Path, token: bool = Tru
     """`cfg.generate` images with the token (or, token=False, the baseline prompt "A photo of a <class>") into
     an ImageFolder class folder; files already there are kept, so an interrupted run resumes."""
     if token:
-        set_token(sd, load_token(paths.token, cfg.placeholder_token))
+        set_token(sd, load_token(paths.token, sd, cfg.placeholder_token))
     prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token if token else cfg.initializer_token, name)
     todo = [s for s in range(cfg.generate) if not (out_dir / f"{s:05d}.png").exists()]
     for i in tqdm(range(0, len(todo), cfg.eval_batch_size), desc=f"generate {paths.dir_name}", leave=False):

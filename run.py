@@ -97,7 +97,7 @@ def finish_class(cfg: "RunConfig", sd, c: int, name: str, paths) -> None:
             out = Path(cfg.output_path) / "generated_baseline" / paths.dir_name
             generate_dataset(cfg, sd, name, paths, out, token=False)
     if cfg.save_as_full_pipeline:
-        set_token(sd, load_token(paths.token, cfg.placeholder_token))  # this class's token in S_c's row
+        set_token(sd, load_token(paths.token, sd, cfg.placeholder_token))  # this class's token in S_c's row
         save_full_pipeline(sd, paths.token_dir / "pipeline")
 
 

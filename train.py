@@ -18,7 +18,18 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from diffusion import checkpointing_mode, decode, denoise, encode, initial_noise, longest_prompt, set_token
+from diffusion import (
+    checkpointing_mode,
+    decode,
+    denoise,
+    encode,
+    initial_noise,
+    longest_prompt,
+    set_token,
+    token_tensors,
+    token_value,
+    unconditional,
+)
 from plots import training_curve
 from prompt_datasets import PromptDataset
 from utils import atomic_path, save_image, write_text
@@ -38,7 +49,8 @@ def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, targets, cfg):
     length = longest_prompt(sd, prompts) if cfg.pad_to_longest else None
     cond = encode(sd, prompts, length, cfg.text_encoder_autocast)  # the only input that depends on a token
     with torch.no_grad():
-        uncond = encode(sd, [""], length, cfg.text_encoder_autocast).expand(len(prompts), -1, -1)
+        uncond = unconditional(sd, length, cfg.text_encoder_autocast)
+        uncond = None if uncond is None else uncond.expand(len(prompts))
     with checkpointing_mode(sd):
         latents = denoise(sd, noise, cond, uncond, cfg.num_of_SD_inference_steps, cfg.guidance_scale, cfg.grad_steps)
         images = decode(sd, latents)
@@ -70,16 +82,14 @@ def micro_batch_size(cfg, device: torch.device, runs: int = 1) -> int:
     return -(-total // n)
 
 
-def save_token(path, placeholder: str, value: torch.Tensor) -> None:
-    """diffusers' textual-inversion format: one tensor under the token's name (docs/original.md §8)."""
+def save_token(path, sd, placeholder: str, value: torch.Tensor, webui: bool = False) -> None:
+    """The token file every tool loads (diffusion.token_tensors; docs/original.md §8), written atomically."""
     with atomic_path(path) as tmp:
-        save_file({placeholder: value.detach().float().cpu().contiguous()}, tmp)
+        save_file(token_tensors(sd, value, placeholder, webui), tmp)
 
 
-def load_token(path, placeholder: str) -> torch.Tensor:
-    tensors = load_file(str(path))
-    value = tensors.get(placeholder, next(iter(tensors.values())))
-    return value.reshape(-1)
+def load_token(path, sd, placeholder: str) -> torch.Tensor:
+    return token_value(sd, load_file(str(path)), placeholder, path)
 
 
 def make_scaler(sd, cfg) -> torch.amp.GradScaler:
@@ -323,7 +333,7 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
     callback = None if on_epoch is None else (lambda _run, entry, images: on_epoch(entry, images))
     train_runs(cfg, sd, clf, [run], clf.labels, callback, desc=paths.dir_name)
     set_token(sd, run.kept)
-    save_token(paths.token, cfg.placeholder_token, run.kept)
+    save_token(paths.token, sd, cfg.placeholder_token, run.kept)
     return run.summary() | dict(micro_batch_size=micro_batch_size(cfg, sd.device))
 
 

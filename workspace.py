@@ -32,6 +32,11 @@ class ClassPaths:
         return self.token_dir / "learned_embeds.safetensors"
 
     @property
+    def webui_token(self) -> Path:
+        """The same token named for AUTOMATIC1111 / ComfyUI, whose prompt word is the file's name."""
+        return self.token_dir / f"{self.dir_name}.safetensors"
+
+    @property
     def config(self) -> Path:
         return self.token_dir / "config.json"
 
@@ -95,13 +100,17 @@ def load_classifiers(cfg: RunConfig, say_notes: bool = True) -> dict:
 
 def load_diffusion(cfg: RunConfig, classifiers: dict, device: torch.device, dtype: torch.dtype):
     """Classifiers onto the device; the diffusion model with S_c, in the run's settings."""
-    from diffusion import configure, load_sd
+    from diffusion import configure, load_sd, model_family
 
+    _, family, _ = model_family(cfg.sd_model)
+    sd_only = [f for f in ("pad_to_longest", "text_encoder_autocast", "decay_vocabulary") if getattr(cfg, f)]
+    if sd_only and family.name != "SD 1.x/2.x":  # the original's SD 1.x text-encoder defects (§7)
+        raise UsageError(f"--{sd_only[0]}: reproduces the original's SD 1.x computation; not for a {family.name} model")
     for clf in classifiers.values():  # fp32, fed fp32 images, as the original (docs/original.md §3)
         clf.to(device)
     size, slots = (cfg.height, cfg.width), cfg.class_batch * cfg.candidates  # one placeholder slot per run
     words = cfg.placeholder_token, cfg.initializer_token
-    sd = load_sd(cfg.sd_model, device, dtype, size, *words, slots, safety_checker=cfg.eval_as_original)
+    sd = load_sd(cfg.sd_model, device, dtype, size, *words, slots, cfg.eval_as_original, cfg.train_encoders)
     configure(sd, cfg.gradient_checkpointing, cfg.compile)
     return sd
 
@@ -202,13 +211,15 @@ def keep_best(cfg: RunConfig, sd, clf, runs: list, name: str, paths: "ClassPaths
     else:
         listing = []
         for run in runs:
-            save_token(run.log_path.with_name("learned_embeds.safetensors"), cfg.placeholder_token, run.kept)
+            save_token(run.log_path.with_name("learned_embeds.safetensors"), sd, cfg.placeholder_token, run.kept)
             listing.append(run.summary() | selection_accuracy(cfg, sd, clf, run.kept, run.target, name))
         best = max(range(len(runs)), key=lambda k: (listing[k]["selection_accuracy"], -runs[k].best_loss))
         for k, entry in enumerate(listing):
             entry["chosen"] = k == best
     set_token(sd, runs[best].kept)
-    save_token(paths.token, cfg.placeholder_token, runs[best].kept)
+    save_token(paths.token, sd, cfg.placeholder_token, runs[best].kept)
+    if cfg.webui_token:
+        save_token(paths.webui_token, sd, cfg.placeholder_token, runs[best].kept, webui=True)
     summary = runs[best].summary()
     return summary if listing is None else summary | dict(candidate=best, candidates=listing)
 

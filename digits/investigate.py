@@ -52,7 +52,7 @@ def decided(seeds: int) -> str:
         x0_preds = []
         n = seeds
         latents = initial_noise(sd, seeds=list(range(n)))
-        cond, uncond = encode(sd, [prompt]).expand(n, -1, -1), encode(sd, [""]).expand(n, -1, -1)
+        cond, uncond = encode(sd, [prompt]).expand(n), encode(sd, [""]).expand(n)
         final = denoise(
             sd,
             latents,

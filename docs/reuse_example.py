@@ -1,17 +1,50 @@
-"""Reuse trained class tokens in a plain diffusers pipeline (quoted in README.md, run by
-tests/test_scale.py). Each token file holds one tensor named "newclas"; `token=` gives every
-class its own name, so several classes live in one pipeline."""
+"""Reuse trained class tokens in a plain diffusers pipeline of any supported family (quoted in README.md,
+run by tests/test_scale.py and tests/test_families.py). SD 1.x/2.x token files hold one tensor named
+"newclas"; SDXL, SD3 and FLUX.1 files hold one row per text encoder (clip_l, clip_g, t5xxl). `name`
+gives every class its own prompt word, so several classes live in one pipeline."""
 
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
+from safetensors.torch import load_file
+
+# token-file key -> the pipeline's text encoder and tokenizer (SD 1.x/2.x: diffusers' one-tensor file)
+ENCODERS = {
+    "StableDiffusionXLPipeline": {"clip_l": "", "clip_g": "_2"},
+    "StableDiffusion3Pipeline": {"clip_l": "", "clip_g": "_2", "t5xxl": "_3"},
+    "FluxPipeline": {"clip_l": "", "t5xxl": "_2"},
+}
 
 
-def pipeline_with_tokens(model: str, token_files: dict[str, Path]) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+def add_token(pipe, tensors: dict[str, torch.Tensor], name: str) -> None:
+    encoders = ENCODERS.get(type(pipe).__name__)
+    if encoders is None:
+        return pipe.load_textual_inversion(next(iter(tensors.values())), token=name)
+    for key, suffix in encoders.items():
+        te, tok = getattr(pipe, "text_encoder" + suffix), getattr(pipe, "tokenizer" + suffix)
+        if te is None:  # e.g. SD3 loaded without T5
+            continue
+        row = tensors[key] if key in tensors else tensors["t5"]  # diffusers' FLUX scripts write "t5"
+        if hasattr(pipe, "load_textual_inversion"):
+            pipe.load_textual_inversion(row, token=name, text_encoder=te, tokenizer=tok)
+        else:  # SD3's pipeline has no loader: the same steps by hand
+            tok.add_tokens([name])
+            if len(tok) > te.get_input_embeddings().num_embeddings:
+                te.resize_token_embeddings(len(tok))
+            with torch.no_grad():
+                te.get_input_embeddings().weight[tok.convert_tokens_to_ids(name)] = row[0].to(te.dtype)
+        if key.startswith("clip"):  # pool at the end-of-text token, not at the new word (as training did)
+            te.config.eos_token_id = tok.eos_token_id
+            for m in te.modules():
+                if "eos_token_id" in vars(m):
+                    m.eos_token_id = tok.eos_token_id
+
+
+def pipeline_with_tokens(model: str, token_files: dict[str, Path]) -> DiffusionPipeline:
+    pipe = DiffusionPipeline.from_pretrained(model)
     for name, path in token_files.items():  # e.g. {"<283_tiger_cat>": Path(".../learned_embeds.safetensors")}
-        pipe.load_textual_inversion(str(path), token=name)
+        add_token(pipe, load_file(str(path)), name)
     return pipe
 
 

@@ -112,7 +112,7 @@ def test_original_padding_pads_to_the_longest(tiny, tmp_path):
     prompts = ["A photo of newclas crane", "a high resolution realistic image of newclas crane"]
     train_step(sd, _Identity(), prompts, initial_noise(sd, n=2, seed=0), 2, cfg)
     assert lengths == [longest_prompt(sd, prompts)] * 2 < [sd.tokenizer.model_max_length] * 2  # cond, uncond
-    assert encode(sd, prompts).shape[1] == sd.tokenizer.model_max_length  # the default pads to 77
+    assert encode(sd, prompts).embeds.shape[1] == sd.tokenizer.model_max_length  # the default pads to 77
 
 
 class _Identity:

@@ -13,8 +13,8 @@ def test_token_round_trips_through_load_textual_inversion(tiny, tmp_path):
     sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
     value = torch.randn_like(sd.token)
     path = tmp_path / "learned_embeds.safetensors"
-    save_token(path, "newclas", value)
-    assert list(load_file(path)) == ["newclas"] and torch.equal(load_token(path, "newclas"), value)
+    save_token(path, sd, "newclas", value)
+    assert list(load_file(path)) == ["newclas"] and torch.equal(load_token(path, sd, "newclas"), value)
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny["sd"], safety_checker=None, requires_safety_checker=False)
     pipe.load_textual_inversion(str(path), token="newclas")

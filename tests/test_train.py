@@ -38,10 +38,10 @@ def test_only_the_token_changes(setup):
     assert not torch.equal(token_before, sd.token)
     # The trained row is what the text encoder sees for S_c, and only for S_c.
     with torch.no_grad():
-        e1 = encode(sd, ["A photo of newclas tiger cat"])
+        e1 = encode(sd, ["A photo of newclas tiger cat"]).embeds
         sd.token.add_(1.0)
-        e2 = encode(sd, ["A photo of newclas tiger cat"])
-        e3, e4 = encode(sd, ["A photo of a tiger cat"]), encode(sd, ["A photo of a tiger cat"])
+        e2 = encode(sd, ["A photo of newclas tiger cat"]).embeds
+        e3, e4 = encode(sd, ["A photo of a tiger cat"]).embeds, encode(sd, ["A photo of a tiger cat"]).embeds
     assert not torch.allclose(e1, e2) and torch.equal(e3, e4)
 
 
@@ -141,4 +141,4 @@ def test_train_mode_changes_only_rounding(setup):
 
 def test_prompts_pad_to_max_length(setup):
     _, sd, _ = setup
-    assert encode(sd, ["A photo of newclas tiger cat"]).shape[1] == sd.tokenizer.model_max_length
+    assert encode(sd, ["A photo of newclas tiger cat"]).embeds.shape[1] == sd.tokenizer.model_max_length

@@ -1,0 +1,278 @@
+"""Random-weight SDXL, SDXL-Turbo, SD3 and FLUX.1 pipelines, built from configs and saved in the
+diffusers hub layout, so tests load them with `DiffusionPipeline.from_pretrained(folder)` exactly as
+a user loads a hub model, without the hub.
+
+Where the configs come from (huggingface/diffusers unless named otherwise):
+- SDXL: tests/pipelines/stable_diffusion_xl/test_stable_diffusion_xl.py `get_dummy_components` (UNet, VAE,
+  EulerDiscreteScheduler, CLIPTextConfig). SDXL-Turbo: the same models with `timestep_spacing="trailing"`
+  (docs/source/en/api/pipelines/stable_diffusion/sdxl_turbo.md).
+- SD3: tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3.py (transformer, VAE with its
+  shift/scaling factors, FlowMatchEulerDiscreteScheduler()).
+- FLUX.1: tests/pipelines/flux/test_pipeline_flux.py (transformer, one-channel VAE: 2x2 packing makes
+  in_channels 4); schedulers as the scheduler_config.json of black-forest-labs/FLUX.1-schnell (static shift 1)
+  and FLUX.1-dev (dynamic shifting with the defaults of `calculate_shift` in
+  src/diffusers/pipelines/flux/pipeline_flux.py).
+- T5 encoder: diffusers' SD3/FLUX tests load hf-internal-testing/tiny-random-t5 from the hub; offline this uses
+  the sizes of huggingface/transformers tests/models/t5/test_modeling_t5.py `T5ModelTester` (d_ff 37, d_kv 8,
+  4 heads, 8 relative-attention buckets), with no dropout and the default initializer.
+
+Deliberate departures, so that tests can see what real checkpoints do:
+- Tokenizers are built offline (the tests' hub tokenizers are unreachable) and hold the prompt templates,
+  "a" and the caller's class words as single tokens; every CLIP encoder shares one BPE vocabulary, as
+  CLIP-L and OpenCLIP-G do. CLIP encoders have 3 layers (the tests' 5 are not needed: SDXL/SD3 read the
+  penultimate layer).
+- CLIP-G is wider than CLIP-L (48 vs 32, projection_dim = hidden as in the real encoders), so a test can
+  tell the two encoders' rows and pooled vectors apart, and its tokenizer pads with "!" (id 0) as the
+  second SDXL/SD3 tokenizer does (comfyanonymous/ComfyUI comfy/sdxl_clip.py: `pad_with_end=False`).
+- `legacy_eos` writes `eos_token_id=2` as the real SDXL/SD3/FLUX CLIP configs do; transformers'
+  models/clip/modeling_clip.py then pools at `input_ids.argmax(-1)`, which is an added token's id, not EOS.
+- T5 is 96 wide (the tests' 32 would crop SD3's CLIP concat, which src/diffusers/pipelines/stable_diffusion_3/
+  pipeline_stable_diffusion_3.py pads to the T5 width: 768 + 1280 -> 4096 in SD3) and keeps spare embedding
+  rows beyond the tokenizer, as T5-XXL has 32128 rows for 32100 entries.
+- SDXL's VAE has SDXL's scaling factor 0.13025 (listed in src/diffusers/utils/remote_utils.py; the test's VAE
+  keeps the default 0.18215), so code that hard-codes SD 1.x's factor shows.
+- Sizes suit the project's 16-px classifier: SDXL and SD3 default to 16-px images (FluxPipeline fixes its
+  default at 128 px: pass height/width), FLUX's 16 px is a multiple of 2 * vae_scale_factor.
+"""
+
+import json
+import string
+from pathlib import Path
+
+import torch
+
+from prompt_datasets import TEMPLATES
+
+FAMILY_VARIANTS = ("sdxl", "sdxl-turbo", "sd3", "flux-schnell", "flux-dev")
+CLIP_L, CLIP_G, T5_WIDTH = 32, 48, 96  # hidden sizes; CLIP_L + CLIP_G < T5_WIDTH as in SD3
+T5_SPARE_ROWS = 4  # embedding rows no token uses, like T5-XXL's 28
+TINY_PX = 16
+# SD3's and FLUX's test VAE: one block (latent = image size), no quant convolutions, shifted latents
+FLOW_VAE = dict(
+    block_out_channels=(4,),
+    layers_per_block=1,
+    norm_num_groups=1,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    shift_factor=0.0609,
+    scaling_factor=1.5035,
+)
+
+
+def build(variant: str, folder, words: list[str] | None = None, legacy_eos: bool = True) -> Path:
+    """Build the tiny `variant` pipeline (seeded: the same call gives the same weights), save it to
+    `folder` with `save_pretrained` and return the folder. `words` (e.g. class names) become single
+    tokens in every tokenizer, beside the prompt templates' words and "a"."""
+    if variant not in FAMILY_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {FAMILY_VARIANTS}")
+    texts = [t.format("") for t in TEMPLATES] + ["a", *(words or [])]
+    torch.manual_seed(0)
+    family = variant.split("-")[0]
+    if family == "sdxl":
+        pipe = _sdxl(texts, legacy_eos, turbo=variant == "sdxl-turbo")
+    elif family == "sd3":
+        pipe = _sd3(texts, legacy_eos)
+    else:
+        pipe = _flux(texts, legacy_eos, dev=variant == "flux-dev")
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    _name_fast_t5_tokenizer(folder / "model_index.json")
+    return folder
+
+
+def _sdxl(texts: list[str], legacy_eos: bool, turbo: bool):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tok_l, tok_g = _clip_tokenizer(texts), _clip_tokenizer(texts, pad="!")
+    time_dim = 8  # six micro-conditioning numbers (sizes, crop) of this width each, then CLIP-G's pooled
+    unet = UNet2DConditionModel(
+        block_out_channels=(2, 4),
+        layers_per_block=2,
+        sample_size=TINY_PX // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * time_dim + CLIP_G,
+        cross_attention_dim=CLIP_L + CLIP_G,
+        norm_num_groups=1,
+    )
+    spacing = "trailing" if turbo else "leading"
+    sched = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear", timestep_spacing=spacing
+    )
+    return StableDiffusionXLPipeline(
+        vae=_vae((32, 64), latent_channels=4, scaling_factor=0.13025),
+        text_encoder=CLIPTextModel(_clip_config(tok_l, CLIP_L, legacy_eos)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok_g, CLIP_G, legacy_eos)),
+        tokenizer=tok_l,
+        tokenizer_2=tok_g,
+        unet=unet,
+        scheduler=sched,
+    )
+
+
+def _sd3(texts: list[str], legacy_eos: bool):
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    tok_l, tok_g, tok_t5 = _clip_tokenizer(texts), _clip_tokenizer(texts, pad="!"), _t5_tokenizer(texts)
+    transformer = SD3Transformer2DModel(
+        sample_size=TINY_PX,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=T5_WIDTH,
+        pooled_projection_dim=CLIP_L + CLIP_G,
+        out_channels=4,
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_vae(**FLOW_VAE, latent_channels=4),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(tok_l, CLIP_L, legacy_eos)),
+        tokenizer=tok_l,
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok_g, CLIP_G, legacy_eos)),
+        tokenizer_2=tok_g,
+        text_encoder_3=_t5_encoder(tok_t5),
+        tokenizer_3=tok_t5,
+    )
+
+
+def _flux(texts: list[str], legacy_eos: bool, dev: bool):
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    tok_l, tok_t5 = _clip_tokenizer(texts), _t5_tokenizer(texts)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=T5_WIDTH,
+        pooled_projection_dim=CLIP_L,
+        axes_dims_rope=[4, 4, 8],
+        guidance_embeds=dev,
+    )
+    shift = dict(shift=3.0, use_dynamic_shifting=True) if dev else dict(shift=1.0, use_dynamic_shifting=False)
+    sched = FlowMatchEulerDiscreteScheduler(
+        base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5, max_shift=1.15, **shift
+    )
+    return FluxPipeline(
+        scheduler=sched,
+        vae=_vae(**FLOW_VAE, latent_channels=1),
+        text_encoder=CLIPTextModel(_clip_config(tok_l, CLIP_L, legacy_eos)),
+        tokenizer=tok_l,
+        text_encoder_2=_t5_encoder(tok_t5),
+        tokenizer_2=tok_t5,
+        transformer=transformer,
+    )
+
+
+def _vae(block_out_channels, **config):
+    """A tiny AutoencoderKL: one encoder/decoder block per entry of `block_out_channels` (x2 downsampling
+    between blocks, so the latent is 2**(len - 1) times smaller than the image)."""
+    from diffusers import AutoencoderKL
+
+    blocks = len(block_out_channels)
+    return AutoencoderKL(
+        sample_size=TINY_PX,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=block_out_channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        **config,
+    )
+
+
+def _clip_tokenizer(texts: list[str], pad: str | None = None):
+    """A CLIP BPE tokenizer (77 positions) in which every word of `texts` is one token, built offline as
+    bench.py builds SD 1.x's; `pad` replaces the default pad token (EOS)."""
+    from digits.tokenizer import build_vocab, clip_tokenizer
+
+    tok = clip_tokenizer(*build_vocab(texts), model_max_length=77)
+    if pad is not None:
+        tok.pad_token = pad
+    return tok
+
+
+def _clip_config(tok, hidden: int, legacy_eos: bool):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        projection_dim=hidden,
+        intermediate_size=37,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        layer_norm_eps=1e-05,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=2 if legacy_eos else tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+
+
+def _t5_tokenizer(texts: list[str]):
+    """A Unigram (sentencepiece-style) T5 tokenizer from `tokenizers` objects, which loads on transformers
+    4.x and 5.x alike: <pad> 0, </s> 1, <unk> 2, then "▁word" for every whitespace-separated word of `texts`
+    (case kept: T5 is case-sensitive) and the printable ASCII characters, so any text tokenizes. A word's
+    piece scores -1 and any split into two or more pieces at most -2, so each word stays one token."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import Unigram
+    from transformers import T5TokenizerFast
+
+    words = dict.fromkeys(w for text in texts for w in text.split())
+    chars = dict.fromkeys(c for c in string.printable if not c.isspace())
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [("▁" + w, -1.0) for w in words] + [(c, -5.0) for c in chars]
+    tk = Tokenizer(Unigram(pieces, unk_id=2))
+    tk.pre_tokenizer = pre_tokenizers.Metaspace("▁", prepend_scheme="always")
+    tk.decoder = decoders.Metaspace("▁", prepend_scheme="always")
+    tk.post_processor = processors.TemplateProcessing(single=["$A", "</s>"], special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=tk, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0, model_max_length=512
+    )
+
+
+def _t5_encoder(tok):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tok) + T5_SPARE_ROWS,
+        d_model=T5_WIDTH,
+        d_ff=37,
+        d_kv=8,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        dropout_rate=0.0,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def _name_fast_t5_tokenizer(model_index: Path) -> None:
+    """transformers 5 saves the T5 tokenizer as "T5Tokenizer", which in 4.x is the slow class that needs a
+    spiece.model this folder does not have; "T5TokenizerFast" loads from tokenizer.json in both."""
+    index = json.loads(model_index.read_text())
+    for name, entry in index.items():
+        if entry == ["transformers", "T5Tokenizer"]:
+            index[name] = ["transformers", "T5TokenizerFast"]
+    model_index.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")

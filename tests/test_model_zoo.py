@@ -1,0 +1,96 @@
+"""model_zoo: each family's tiny pipeline loads back through `DiffusionPipeline.from_pretrained` (offline, as a
+hub model loads) and draws a 16-px image; its tokenizers hold the prompt words as single tokens; its configs keep
+what real checkpoints do and the project must handle (legacy CLIP eos, T5 embedding rows beyond the tokenizer)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import LABELS, TINY_SIZE
+from safetensors.torch import load_file
+
+from digits.tokenizer import words_of
+from model_zoo import FAMILY_VARIANTS, build
+from prompt_datasets import TEMPLATES
+
+CLASS_NAMES = [name for names in LABELS.values() for name in names.split(", ")]  # "tiger cat", "great_white_shark"
+PIPELINE_CLASS = {"sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
+GUIDANCE = {"sdxl": 5.0, "sdxl-turbo": 0.0, "sd3": 5.0, "flux-schnell": 0.0, "flux-dev": 3.5}  # each model's usual
+
+
+@pytest.fixture(scope="module", params=FAMILY_VARIANTS)
+def zoo(request, tmp_path_factory) -> tuple[str, Path, object]:
+    """(variant, folder, pipeline): each variant built once per module and loaded as a user loads a hub model."""
+    from diffusers import DiffusionPipeline
+
+    variant = request.param
+    folder = build(variant, tmp_path_factory.mktemp(variant) / "pipe", words=CLASS_NAMES)
+    return variant, folder, DiffusionPipeline.from_pretrained(folder)
+
+
+def tokenizers(pipe) -> dict:
+    return {name: tok for name, tok in pipe.components.items() if name.startswith("tokenizer") and tok is not None}
+
+
+def test_loads_as_its_pipeline_and_draws_16px(zoo):
+    variant, _, pipe = zoo
+    assert type(pipe).__name__ == PIPELINE_CLASS[variant.split("-")[0]]
+    image = pipe(
+        "A photo of a tiger cat",
+        height=TINY_SIZE,
+        width=TINY_SIZE,
+        num_inference_steps=2,
+        guidance_scale=GUIDANCE[variant],
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    ).images
+    assert image.shape == (1, 3, TINY_SIZE, TINY_SIZE) and torch.isfinite(image).all()
+
+
+def test_prompt_words_are_single_tokens(zoo):
+    texts = [t.format("") for t in TEMPLATES] + ["a", *CLASS_NAMES]
+    for name, tok in tokenizers(zoo[2]).items():
+        t5 = "T5" in type(tok).__name__
+        # CLIP splits "great_white_shark" and "close-up" into units (digits.tokenizer.words_of); T5 only at spaces
+        words = {w for text in texts for w in text.split()} if t5 else words_of(texts)
+        assert all(len(tok.encode(w, add_special_tokens=False)) == 1 for w in words), name
+        assert tok("").input_ids == ([tok.eos_token_id] if t5 else [tok.bos_token_id, tok.eos_token_id]), name
+
+
+def test_legacy_eos_is_the_only_difference(zoo, tmp_path):
+    """legacy_eos=True writes CLIP's old eos_token_id 2, as the real configs do, and transformers' CLIP then pools
+    at the largest id: an added token's (what the project has to fix); False writes the tokenizer's EOS, which
+    pools at EOS. The weights are the same (the build is seeded)."""
+    from transformers import CLIPTextModel
+
+    variant, legacy, pipe = zoo
+    fixed = build(variant, tmp_path / "pipe", words=CLASS_NAMES, legacy_eos=False)
+    encoders = [n for n, m in pipe.components.items() if type(m).__name__.startswith("CLIPText")]
+    assert encoders
+    for name in encoders:
+        tok = pipe.components[name.replace("text_encoder", "tokenizer")]
+        assert pipe.components[name].config.eos_token_id == 2
+        assert json.loads((fixed / name / "config.json").read_text())["eos_token_id"] == tok.eos_token_id
+    for weights in sorted(legacy.glob("*/*.safetensors")):
+        a, b = load_file(weights), load_file(fixed / weights.relative_to(legacy))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), weights
+
+    tok = pipe.tokenizer
+    ids = torch.tensor([[tok.bos_token_id, tok.encode("a", add_special_tokens=False)[0], len(tok), tok.eos_token_id]])
+    for folder, pooled_at in ((legacy, 2), (fixed, 3)):
+        te = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        te.resize_token_embeddings(len(tok) + 1)  # id len(tok) = a token added after the build
+        with torch.no_grad():
+            out = te(ids)
+        assert torch.allclose(out.pooler_output[0], out.last_hidden_state[0, pooled_at]), folder
+
+
+def test_t5_embedding_has_rows_beyond_the_tokenizer(zoo):
+    """As T5-XXL (32128 rows, 32100 entries): shrinking the table to len(tokenizer) would be a bug."""
+    _, _, pipe = zoo
+    t5 = [(n, m) for n, m in pipe.components.items() if type(m).__name__ == "T5EncoderModel"]
+    if not t5:
+        pytest.skip("no T5 encoder in SDXL")
+    (name, encoder), tok = t5[0], pipe.components[t5[0][0].replace("text_encoder", "tokenizer")]
+    assert encoder.get_input_embeddings().num_embeddings > len(tok), name
