@@ -185,8 +185,8 @@ class Flux(StableDiffusion):
         return sd.pipe._unpack_latents(latents, sd.height, sd.width, sd.pipe.vae_scale_factor)
 
     def predict(self, sd, x, t, prompt: Prompt, guidance: float) -> torch.Tensor:
-        c, h, w = self.noise_shape(sd)
-        img_ids = sd.pipe._prepare_latent_image_ids(1, h // 2, w // 2, x.device, x.dtype)
+        # The patches' position ids as the pipeline makes them (given latents, it draws nothing)
+        _, img_ids = sd.pipe.prepare_latents(1, x.shape[-1] // 4, sd.height, sd.width, x.dtype, x.device, None, x[:1])
         txt_ids = torch.zeros(prompt.embeds.shape[1], 3, device=x.device, dtype=x.dtype)
         g = None
         if sd.denoiser.config.guidance_embeds:
