@@ -1,9 +1,12 @@
 """Speed benchmark: the original schedule against the project's, on random-weight models.
 
-python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (docs/performance.md)
+python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (docs/performance.md),
+                            # then SDXL-Turbo, FLUX.1-schnell, SDXL and FLUX.1-dev at their real sizes
 python bench.py --compile   # also torch.compile(unet) variants (minutes of compilation)
 python bench.py --tiny      # the same code on tiny shapes, on a CPU, in seconds
 python bench.py --out docs/ # publish: the tables docs/performance.md cites
+python bench.py --families none            # the SD 1.4 cases only
+python bench.py --families_only --families sdxl,flux-dev   # only these families, added to --out's results
 python bench.py --digits    # class batching in the digits world: 10 classes one at a time vs together (CPU)
 
 Cost does not depend on the weights, so nothing is downloaded: the components are built from
@@ -13,13 +16,23 @@ median over `--repeats` timed runs after `--warmup` runs, with device synchronis
 image, and the peak of torch.cuda.max_memory_allocated (null on a CPU). The class-batch cases time one
 epoch of `train.epoch_step` for 1, 2, 4, 8 runs trained together and project the cost of 1000 classes.
 Then the numerics check: the token's gradient in fp16 against fp32 (fp16 on a CPU too). The classifier
-stays in fp32 throughout, as in training. Writes benchmarks.json and benchmarks.md to `--out`
-(out/bench/ by default, out/bench_tiny/ with --tiny, out/bench_digits/ with --digits; never docs/
-unless asked).
+stays in fp32 throughout, as in training.
+
+The newer pipelines (`--families`, model_zoo.py's real sizes, built on the GPU and handed to load_sd
+in memory) run last, at 512 and 1024 px, batch 1 and 4, with and without checkpointing, in their presets'
+steps, guidance and precision (config.FAMILY_PRESETS): seconds per training image (the gradient part
+timed, the earlier no-grad steps added from one timed step) and peak memory; a case that runs out of GPU
+memory is recorded as such. No family case starts after `--budget_s` seconds of the whole run.
+
+Writes benchmarks.json and benchmarks.md to `--out` (out/bench/ by default, out/bench_tiny/ with --tiny,
+out/bench_digits/ with --digits; never docs/ unless asked).
 """
 
 import argparse
+import functools
+import gc
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -30,8 +43,8 @@ from pathlib import Path
 import torch
 
 from classifiers import PRESETS, Classifier, Preprocess
-from config import RunConfig
-from diffusion import configure, generate, initial_noise, load_sd, set_token
+from config import FAMILY_PRESETS, RunConfig
+from diffusion import configure, denoise, encode, generate, initial_noise, load_sd, set_token, unconditional
 from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
 from train import (
     CPU_FORWARD,
@@ -332,6 +345,199 @@ def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
     )
 
 
+# ---------------------------------------------------------------- the newer pipelines (model_zoo.py's shapes)
+# config.FAMILY_PRESETS names, cheapest first: what --budget_s leaves out comes last
+FAMILY_BENCH = ("sdxl-turbo", "flux-schnell", "sdxl", "flux-dev")
+FAMILY_SIZES = {"sd14": (512, 1024), "tiny": (16, 32)}  # image sides in px (the tiny run: model_zoo's tiny models)
+FAMILY_BATCHES = (1, 4)  # images per forward: the least memory a run needs, and the slope per image
+IMAGES_PER_CLASS = RunConfig.num_train_epochs * RunConfig.epoch_size  # at most 50 epochs of 5 images
+
+
+def family_cfg(variant: str, folder: Path, device: str, px: int, batch: int, ckpt: bool) -> RunConfig:
+    """The variant's preset (steps, guidance, precision: config.FAMILY_PRESETS) at `px`, one epoch of `batch`
+    images in one forward, gradient through the last step (RunConfig's grad_steps 1)."""
+    preset = {k: v for k, v in FAMILY_PRESETS[variant].items() if k != "sd_model"}
+    kw = dict(sd_model=str(folder), classifier="inet", device=device, output_path=str(folder.parent))
+    kw |= preset | dict(height=px, width=px, epoch_size=batch, batch_size=batch, gradient_checkpointing=ckpt)
+    return RunConfig(**kw).finalize()
+
+
+def load_family(variant: str, shape_name: str, cfg: RunConfig):
+    """model_zoo's random-weight `variant`, built on the device (the denoiser in the run's dtype) and put
+    through diffusion.load_sd as a loaded model would be; nothing is written (FLUX.1's weights are 43 GB)."""
+    import model_zoo
+
+    device, dtype = device_dtype(cfg)
+    shape = "tiny" if shape_name == "tiny" else "real"
+    pipe = model_zoo.pipeline(variant, [CLASS_NAME], shape=shape, device=device, dtype=dtype)
+    words = cfg.placeholder_token, cfg.initializer_token
+    return load_sd(pipe, device, dtype, (cfg.height, cfg.width), *words, train_encoders=cfg.train_encoders)
+
+
+def weights(sd) -> dict:
+    """Parameters and GiB of each model as the run holds it (text encoders fp32, denoiser in the run's dtype,
+    VAE as diffusion._place leaves it)."""
+    models = {n: m for n, m in sd.pipe.components.items() if isinstance(m, torch.nn.Module)}
+    return {
+        n: dict(
+            parameters=sum(p.numel() for p in m.parameters()),
+            gib=round(sum(p.numel() * p.element_size() for p in m.parameters()) / 2**30, 2),
+            dtype=str(next(m.parameters()).dtype),
+        )
+        for n, m in models.items()
+    }
+
+
+def guarded(fn) -> dict:
+    """fn()'s measurement, or {"oom": True} when the GPU runs out of memory: a case that does not fit is a
+    result, not the end of the benchmark."""
+    try:
+        return fn()
+    except torch.OutOfMemoryError:
+        pass  # leaving the handler drops the traceback, and with it the failed case's tensors
+    free_memory()
+    return dict(oom=True)
+
+
+def free_memory() -> None:
+    """What Python still holds of the last models or a failed case (reference cycles included), and the
+    allocator's cache, released before the next models are built."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def bench_nograd_step(sd, cfg: RunConfig, **kw) -> dict:
+    """One sampler step without gradient on `cfg.epoch_size` images (the denoiser, classifier-free guided
+    where the preset guides, and the scheduler's step), as every step before the gradient steps runs: the
+    time between the first and the last step's end in a 3-step no-grad loop, over 2 steps, so that the once-
+    per-loop work (timesteps, prompt concatenation) is not counted per step. `median_s`: the median of the
+    timed runs."""
+    prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
+    noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
+    sync = torch.cuda.synchronize if sd.device.type == "cuda" else (lambda: None)
+    per_step = []
+    with torch.no_grad():
+        cond, uncond = encode(sd, prompts), unconditional(sd)
+        uncond = None if uncond is None else uncond.expand(len(prompts))
+
+        def loop():
+            ends = []
+
+            def step_end(*_):
+                sync()
+                ends.append(time.perf_counter())
+
+            denoise(sd, noise, cond, uncond, 3, cfg.guidance_scale, callback=step_end)
+            per_step.append((ends[-1] - ends[0]) / (len(ends) - 1))
+
+        res = measure(loop, cfg.epoch_size, sd.device, **kw)
+    return res | dict(median_s=statistics.median(per_step[kw["warmup"] :]))
+
+
+def family_case(grad: dict, step: dict | None, cfg: RunConfig) -> dict:
+    """A case's numbers. Only the gradient steps are timed in a training epoch (`grad`: prompt encoding,
+    the last `grad_steps` sampler steps with gradient, decoding, the classifier, backward); the steps before
+    them add `steps - grad_steps` no-grad steps of `step` each: 30-step SDXL and FLUX.1-dev epochs would
+    otherwise take most of the benchmark's budget."""
+    steps, batch = cfg.num_of_SD_inference_steps, cfg.epoch_size
+    out = dict(px=cfg.height, batch=batch, gradient_checkpointing=cfg.gradient_checkpointing, steps=steps)
+    out |= dict(grad_steps=cfg.grad_steps, oom=bool(grad.get("oom") or (step or {}).get("oom")))
+    if out["oom"]:
+        return out | dict(s_per_image=None, s_per_class=None, peak_gib=None)
+    step_s = 0.0 if step is None else step["median_s"]
+    s_per_image = (grad["median_s"] + (steps - cfg.grad_steps) * step_s) / batch
+    peaks = [r["peak_gib"] for r in (grad, step) if r is not None and r["peak_gib"] is not None]
+    return out | dict(
+        s_per_image=s_per_image,
+        s_per_class=s_per_image * IMAGES_PER_CLASS,
+        peak_gib=max(peaks, default=None),
+        grad_part_s=grad["median_s"],
+        nograd_step_s=None if step is None else step_s,
+        warmup_s=grad["warmup_s"],
+    )
+
+
+def family_cases(shape_name: str) -> list[tuple[str, int, int, bool]]:
+    """(name, px, batch, checkpointing) of each variant's cases, in the order they run."""
+    return [
+        (f"{px}px_batch{batch}" + ("" if ckpt else "_no_ckpt"), px, batch, ckpt)
+        for px in FAMILY_SIZES[shape_name]
+        for batch in FAMILY_BATCHES
+        for ckpt in (True, False)
+    ]
+
+
+def bench_family(variant: str, shape_name: str, cfg_at, classifier, entry: dict, save, deadline, **kw) -> None:
+    """Every case of one variant into `entry["cases"]` (`cfg_at(px, batch, ckpt)`: its RunConfig), `save(name)`
+    after each. The models are built for the first case that runs (`classifier(device)` gives the
+    classifier); models that do not fit make every case out of memory. Once `deadline` (time.monotonic) has
+    passed, the cases left are recorded as skipped, so that the whole run keeps to --budget_s."""
+    sd = clf = None
+    no_grad_steps = {}  # (px, batch): the no-grad step, timed once (there is no checkpointing without gradient)
+    for i, (name, px, batch, ckpt) in enumerate(family_cases(shape_name)):
+        cfg, case = cfg_at(px, batch, ckpt), dict(px=px, batch=batch, gradient_checkpointing=ckpt)
+        if time.monotonic() > deadline:
+            entry["cases"][name] = case | dict(skipped="time budget")
+            save(name)
+            continue
+        if sd is None:
+            sd = guarded(lambda cfg=cfg: load_family(variant, shape_name, cfg))
+            if not isinstance(sd, dict):
+                clf = classifier(sd.device)
+                entry |= dict(pipeline=type(sd.pipe).__name__, models=weights(sd), vae_dtype=str(sd.vae.dtype))
+        if isinstance(sd, dict):  # {"oom": True}: the models alone do not fit
+            entry["cases"][name] = case | dict(oom=True, s_per_image=None, s_per_class=None, peak_gib=None)
+        else:
+            entry["cases"][name] = family_run(sd, clf, cfg, no_grad_steps, check=i == 0, **kw)
+        save(name)
+
+
+def family_run(sd, clf, cfg: RunConfig, no_grad_steps: dict, check: bool, **kw) -> dict:
+    """One case at `cfg`'s size, batch and checkpointing: its gradient part timed, its no-grad step from
+    `no_grad_steps` (timed at the first case of each size and batch). `check`: also timed over all steps,
+    which checks the extrapolation of `family_case`."""
+    sd.height = sd.width = cfg.height  # one loaded model for every size: the loop reads the size at each call
+    configure(sd, cfg.gradient_checkpointing)
+    key = (cfg.height, cfg.epoch_size)
+    if key not in no_grad_steps and cfg.num_of_SD_inference_steps > cfg.grad_steps:
+        no_grad_steps[key] = guarded(lambda: bench_nograd_step(sd, cfg, **kw))
+    grad_only = replace(cfg, num_of_SD_inference_steps=cfg.grad_steps)
+    r = family_case(guarded(lambda: bench_train(sd, clf, grad_only, **kw)), no_grad_steps.get(key), cfg)
+    if check and not r["oom"]:
+        r["measured_s_per_image"] = guarded(lambda: bench_train(sd, clf, cfg, **kw)).get("s_per_image")
+    return r
+
+
+def bench_families(variants: list[str], shape_name: str, device: str, out: Path, result: dict, deadline, **kw):
+    """The newer pipelines' cases into result["families"], one variant at a time (each freed before the
+    next: FLUX.1 alone holds about 44 GB), benchmarks.json rewritten after every case."""
+    # one classifier for every variant, fp32 as training keeps it
+    classifier = functools.cache(lambda device: build_classifier(SHAPES[shape_name]).to(device))
+    with tempfile.TemporaryDirectory(prefix="bench_families_") as tmp:
+        for variant in variants:
+            folder = Path(tmp) / variant  # model_index.json only
+            folder.mkdir()
+            cfg_at = functools.partial(family_cfg, variant, folder, device)
+            cfg = cfg_at(FAMILY_SIZES[shape_name][0], 1, True)
+            dev, dtype = device_dtype(cfg)
+            if dev.type == "cuda":
+                result["device"] = torch.cuda.get_device_name(dev)
+            entry = result["families"][variant] = dict(steps=cfg.num_of_SD_inference_steps, dtype=str(dtype), cases={})
+
+            def save(name: str, entry=entry, variant=variant) -> None:
+                r = entry["cases"][name]
+                if r.get("skipped") or r["oom"]:
+                    what = f"skipped ({r['skipped']})" if r.get("skipped") else "out of memory"
+                else:
+                    what = f"{r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB"
+                print(f"{variant:12} {name:22} {what}", flush=True)
+                (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
+
+            bench_family(variant, shape_name, cfg_at, classifier, entry, save, deadline, **kw)
+            free_memory()  # the variant's models, before the next one is built
+
+
 # ---------------------------------------------------------------- --digits: class batching in the digits world
 TOKEN_TOLERANCE = 1e-4  # max abs difference of a final token trained both ways (fp32; observed about 1e-6)
 
@@ -482,11 +688,13 @@ def markdown(result: dict) -> str:
     lines = [
         f"# Benchmarks ({result['shape']} shapes, random weights)\n",
         f"{result['device']}, torch {result['torch']}, diffusers {result['diffusers']}; "
-        f"median of {result['repeats']} runs after {result['warmup']} warm-up runs. Written by `bench.py`.\n",
-        "| what | case | batch | dtype | s / image | peak GiB | speed-up vs original |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"median of {result['repeats']} runs after {result['warmup']} warm-up runs. "
+        f"Written by `{result['command']}`.\n",
     ]
-    for what in ("train", "generate"):
+    if result.get("train"):  # absent with --families_only
+        lines += ["| what | case | batch | dtype | s / image | peak GiB | speed-up vs original |"]
+        lines += ["| --- | --- | --- | --- | --- | --- | --- |"]
+    for what in [w for w in ("train", "generate") if result.get(w)]:
         base = result[what]["original"]["s_per_image"]
         for case, r in result[what].items():
             batch = r.get("micro_batch_size", r.get("batch_size"))
@@ -537,6 +745,8 @@ def markdown(result: dict) -> str:
             f"(needs cosine >= 0.95, ratio 0.8-1.25). Control: fp32 with another noise, cosine "
             f"{g['control_cosine']:.4f}."
         )
+    if result.get("families"):
+        lines += family_markdown(result)
     if result["device"] == "cpu":
         lines.append(
             "\nOn a CPU the project runs fp32 (workspace.device_and_dtype): fp16 / bf16 settings do not apply to "
@@ -545,13 +755,49 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def family_markdown(result: dict) -> list[str]:
+    families, run = result["families"], result["family_run"]
+    lines = [
+        "\nNewer pipelines (model_zoo.py's sizes; one epoch of `batch` images in one forward, gradient through the "
+        "last step; s / image = (the gradient part + the earlier steps x one no-grad step) / batch; s / class: "
+        f"{IMAGES_PER_CLASS} training images, RunConfig's at most 50 epochs x 5; median of {run['repeats']} runs "
+        f"after {run['warmup']} warm-up runs; no case starts after {run['budget_s']:g} s; written by "
+        f"`{run['command']}`):\n",
+        "| variant | case | steps | dtype | checkpointing | s / image | peak GiB | s / class |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant, f in families.items():
+        for case, r in f["cases"].items():
+            row = [variant, case, f["steps"], f["dtype"].removeprefix("torch."), r["gradient_checkpointing"]]
+            if r.get("skipped") or r["oom"]:
+                row += [f"skipped ({r['skipped']})" if r.get("skipped") else "out of memory", "-", "-"]
+            else:
+                peak = "-" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+                row += [f"{r['s_per_image']:.4g}", peak, f"{r['s_per_class']:.0f}"]
+            lines.append("| " + " | ".join(map(str, row)) + " |")
+    for variant, f in families.items():
+        models = f.get("models")
+        if not models:  # every case skipped: nothing was built
+            continue
+        sizes = ", ".join(
+            f"{n} {m['parameters'] / 1e9:.3g} B {m['dtype'].removeprefix('torch.')}" for n, m in models.items()
+        )
+        line = f"\n{variant}: {sizes}; weights {sum(m['gib'] for m in models.values()):.1f} GiB"
+        for case, r in f["cases"].items():
+            if r.get("measured_s_per_image") is not None:  # the extrapolation's check
+                line += f"; {case} over all {r['steps']} steps: {r['measured_s_per_image']:.4g} s / image measured"
+                line += f", {r['s_per_image']:.4g} extrapolated"
+        lines.append(line + ".")
+    return lines
+
+
 def default_out(tiny: bool, digits: bool = False) -> Path:
     """Where the tables go without `--out`: out/bench/ (out/bench_tiny/, out/bench_digits/), never docs/
     unless asked."""
     return Path(__file__).parent / "out" / ("bench_digits" if digits else "bench_tiny" if tiny else "bench")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes (CPU, seconds) instead of SD 1.4 shapes")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
@@ -560,19 +806,77 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", action="store_true", help="add torch.compile(unet) cases (run.py --compile)")
     p.add_argument("--out", type=Path, help="folder for benchmarks.json / .md (out/bench/, --tiny: out/bench_tiny/)")
     p.add_argument("--projected_epochs", type=int, default=50, help="epochs per class in the 1000-class projection")
+    p.add_argument("--families", default="all", help=f"all | none | some of {','.join(FAMILY_BENCH)}")
+    p.add_argument("--families_only", action="store_true", help="skip the SD 1.4 cases; add to --out's results")
+    p.add_argument("--family_repeats", type=int, default=1, help="timed runs per family case (after --warmup)")
+    p.add_argument("--budget_s", type=float, default=480, help="no family case starts after this many seconds")
     p.add_argument("--digits", action="store_true", help="class batching in the digits world (CPU, minutes)")
     p.add_argument("--epochs", type=int, default=5, help="--digits: epochs per class, the same both ways")
     p.add_argument("--classes", type=int, default=10, help="--digits: the first N classes")
-    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return p
+
+
+def refusal(args, shape_name: str, families: list[str]) -> str | None:
+    """Why these arguments cannot run here, in one line (None: they can)."""
+    if set(families) - set(FAMILY_BENCH):
+        return f"--families {args.families}: choose all, none or from {','.join(FAMILY_BENCH)}"
+    if shape_name == "sd14" and args.device == "auto" and not torch.cuda.is_available():
+        return "no GPU; SD 1.4 shapes on a CPU take hours (use --tiny, or --device cpu)"
+    if shape_name == "sd14" and args.device == "cpu" and families:
+        return "the real-size families need a GPU (FLUX.1: 44 GB); add --families none"
+    return None
+
+
+def earlier_result(path: Path, shape_name: str) -> dict:
+    """The results already in --out at the same shapes (none: {}), which --families_only adds to."""
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    return earlier if earlier.get("shape") == shape_name else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser().parse_args(argv)
+    start = time.monotonic()
+    deadline = start + args.budget_s  # the whole run's: the SD 1.4 cases always run, first
     if args.digits:
         return main_digits(args)
     shape_name = "tiny" if args.tiny else "sd14"
-    device = args.device  # "auto": resolved by device_dtype, as run.py does
-    if shape_name == "sd14" and device == "auto" and not torch.cuda.is_available():
-        print("bench.py: no GPU; SD 1.4 shapes on a CPU take hours (use --tiny, or --device cpu)", file=sys.stderr)
+    families = {"all": list(FAMILY_BENCH), "none": []}.get(args.families, args.families.split(","))
+    problem = refusal(args, shape_name, families)
+    if problem:
+        print(f"bench.py: {problem}", file=sys.stderr)
         return 2
     out = args.out or default_out(args.tiny)
     out.mkdir(parents=True, exist_ok=True)
+    import diffusers
+
+    quiet_libraries()
+    command = shlex.join(["python", "bench.py", *argv])
+    result = dict(device="cpu", torch=torch.__version__, diffusers=diffusers.__version__, shape=shape_name)
+    result |= dict(repeats=args.repeats, warmup=args.warmup, command=command)
+    result["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    if args.families_only:  # the family rows join an earlier run's SD 1.4 rows rather than replace them
+        result = earlier_result(out / "benchmarks.json", shape_name) or result
+    else:
+        bench_sd(args, shape_name, out, result)
+        result["sd_wall_s"] = round(time.monotonic() - start, 1)  # what --budget_s leaves the families
+    if families:
+        free_memory()  # the SD 1.4 cases' models
+        families_start = time.monotonic()
+        run = dict(command=command, repeats=args.family_repeats, warmup=args.warmup, budget_s=args.budget_s)
+        result |= dict(family_run=run, families=result.get("families", {}))
+        kw = dict(repeats=args.family_repeats, warmup=args.warmup)
+        bench_families(families, shape_name, args.device, out, result, deadline, **kw)
+        run["wall_s"] = round(time.monotonic() - families_start, 1)
+    (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "benchmarks.md").write_text(markdown(result))
+    print(f"wrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
+    return 0
+
+
+def bench_sd(args, shape_name: str, out: Path, result: dict) -> None:
+    """The SD 1.4-shaped (or tiny) cases: class batching, training, generation, then the gradient check."""
+    device = args.device  # "auto": resolved by device_dtype, as run.py does
     shape, kw = SHAPES[shape_name], dict(repeats=args.repeats, warmup=args.warmup)
     # The class-batch cases first: they leave slot 0 at the initializer's embedding, and the gradient check
     # below runs at the token that the train cases' last one (disco_train_class) leaves there.
@@ -580,11 +884,7 @@ def main(argv: list[str] | None = None) -> int:
     cases += [("train", *c) for c in TRAIN_CASES.items()] + [("generate", *c) for c in GENERATE_CASES.items()]
     if args.compile:  # last, like a run.py process: one compiled UNet for training, then for evaluation
         cases += [("train", "disco_compile", COMPILE_CASE), ("generate", "disco_compile", COMPILE_CASE)]
-    import diffusers
-
-    quiet_libraries()
-    result = dict(device="cpu", torch=torch.__version__, diffusers=diffusers.__version__, shape=shape_name, **kw)
-    result |= dict(tf32_matmul=torch.backends.cuda.matmul.allow_tf32, train={}, generate={}, class_batch={})
+    result |= dict(train={}, generate={}, class_batch={})
     with tempfile.TemporaryDirectory(prefix="bench_sd_") as tmp:  # SD 1.4 shapes: about 4.3 GB
         folder = Path(tmp) / "sd"
         build_pipeline(shape, folder)
@@ -617,9 +917,6 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"gradient fp16 vs fp32: cosine {g['cosine']:.4f}, norm ratio {g['norm_ratio']:.3f}", flush=True)
             (out / "benchmarks.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "benchmarks.md").write_text(markdown(result))
-    print(f"wrote {out / 'benchmarks.json'} and {out / 'benchmarks.md'}")
-    return 0
 
 
 def main_digits(args) -> int:

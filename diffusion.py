@@ -72,13 +72,18 @@ class SD:
         return self.family.noise_shape(self)
 
 
-def model_family(model: str):
-    """The family from the model's own model_index.json (never from its name); one line if unsupported."""
+def model_family(model):
+    """The family from the model's own model_index.json (never from its name), or from a pipeline object's
+    class (the benchmark builds its random models in memory); one line if unsupported. Returns the
+    pipeline class name, the family and the token-file keys of the text encoders the model has."""
     from diffusers import DiffusionPipeline
 
-    with hub_guard(f"Stable Diffusion model {model}"):
-        index = DiffusionPipeline.load_config(model)
-    cls = index.get("_class_name")
+    if isinstance(model, str):
+        with hub_guard(f"Stable Diffusion model {model}"):
+            index = DiffusionPipeline.load_config(model)
+        cls = index.get("_class_name")
+    else:
+        cls, index = type(model).__name__, model.config
     if cls not in FAMILIES:
         names = ", ".join(FAMILIES)
         raise UsageError(f"--sd_model {model}: a {cls}; supported text-to-image pipelines: {names}")
@@ -88,7 +93,7 @@ def model_family(model: str):
 
 
 def load_sd(
-    model: str,
+    model,
     device,
     dtype,
     size: tuple[int, int],
@@ -98,19 +103,21 @@ def load_sd(
     safety_checker: bool = False,
     train_encoders: str = "",
 ) -> SD:
-    """The pipeline with S_c added (`slots` placeholder words: `placeholder`, then `placeholder`1, 2, ... for
-    runs trained together) to every text encoder, frozen, in the run's dtype. `train_encoders`: the
-    token-file keys of the encoders whose row is trained (empty: every CLIP encoder). `safety_checker`:
-    keep the model's own, if it has one (the original's evaluation did, docs/original.md §6)."""
+    """The pipeline (`model`: hub id, folder, or a built pipeline) with S_c added (`slots` placeholder
+    words: `placeholder`, then `placeholder`1, 2, ... for runs trained together) to every text encoder,
+    frozen, in the run's dtype. `train_encoders`: the token-file keys of the encoders whose row is trained
+    (empty: every CLIP encoder). `safety_checker`: keep the model's own, if it has one (the original's
+    evaluation did, docs/original.md §6)."""
     import diffusers
 
     cls, family, present = model_family(model)
     trained = trained_keys(train_encoders, present, family)
-    with hub_guard(f"Stable Diffusion model {model}"):
-        no_checker = {} if safety_checker else dict(safety_checker=None, requires_safety_checker=False)
-        pipe = getattr(diffusers, cls).from_pretrained(
-            model, **(no_checker if cls == "StableDiffusionPipeline" else {})
-        )
+    pipe = model
+    if isinstance(model, str):
+        drop = not safety_checker and cls == "StableDiffusionPipeline"
+        no_checker = dict(safety_checker=None, requires_safety_checker=False) if drop else {}
+        with hub_guard(f"Stable Diffusion model {model}"):
+            pipe = getattr(diffusers, cls).from_pretrained(model, **no_checker)
     pipe.set_progress_bar_config(disable=True)
     _place(pipe, family, device, dtype)
     words = [placeholder] + [f"{placeholder}{k}" for k in range(1, slots)]

@@ -33,10 +33,21 @@ Deliberate departures, so that tests can see what real checkpoints do:
   keeps the default 0.18215), so code that hard-codes SD 1.x's factor shows.
 - Sizes suit the project's 16-px classifier: SDXL and SD3 default to 16-px images (FluxPipeline fixes its
   default at 128 px: pass height/width), FLUX's 16 px is a multiple of 2 * vae_scale_factor.
+
+Real sizes (`shape="real"`, for bench.py, whose costs do not depend on the weights) are the released
+models' configs: stabilityai/stable-diffusion-xl-base-1.0 and stabilityai/sdxl-turbo (UNet, VAE with
+force_upcast and scaling 0.13025, CLIP-L as text_encoder and OpenCLIP-bigG with its projection as
+text_encoder_2), black-forest-labs/FLUX.1-schnell and FLUX.1-dev (transformer with 19 double and 38 single
+blocks, guidance embedding in dev only; 16-channel VAE with scaling 0.3611 and shift 0.1159; CLIP-L; the
+T5-XXL encoder of google/t5-v1_1-xxl). The embedding tables have the real rows (CLIP 49408: the tokenizer's
+vocabulary is padded with entries no text reaches, as bench.py pads SD 1.4's; T5 32128); the tokenizers are
+otherwise the tiny offline ones. tests/test_model_zoo.py counts the parameters on the meta device against
+the released models' counts.
 """
 
 import json
 import string
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -44,8 +55,9 @@ import torch
 from prompt_datasets import TEMPLATES
 
 FAMILY_VARIANTS = ("sdxl", "sdxl-turbo", "sd3", "flux-schnell", "flux-dev")
-CLIP_L, CLIP_G, T5_WIDTH = 32, 48, 96  # hidden sizes; CLIP_L + CLIP_G < T5_WIDTH as in SD3
-T5_SPARE_ROWS = 4  # embedding rows no token uses, like T5-XXL's 28
+REAL_VARIANTS = ("sdxl", "sdxl-turbo", "flux-schnell", "flux-dev")  # no real-size SD3: bench.py does not time it
+CLIP_L, CLIP_G, T5_WIDTH = 32, 48, 96  # tiny hidden sizes; CLIP_L + CLIP_G < T5_WIDTH as in SD3
+T5_SPARE_ROWS = 4  # tiny T5: embedding rows no token uses, like T5-XXL's 28
 TINY_PX = 16
 # SD3's and FLUX's test VAE: one block (latent = image size), no quant convolutions, shifted latents
 FLOW_VAE = dict(
@@ -59,58 +71,175 @@ FLOW_VAE = dict(
 )
 
 
+def _clip(hidden: int, intermediate: int, layers: int, heads: int, act: str) -> dict:
+    return dict(
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        hidden_act=act,
+    )
+
+
+# The sizes of each shape ("real": the released models' configs, see above). Derived sizes (cross-attention
+# and pooled widths, the UNet's added-embedding input) follow from the text encoders' widths in the builders.
+SIZES = {
+    "tiny": dict(
+        clip_rows=None,  # the tokenizer's own size
+        clip_l=_clip(CLIP_L, 37, 3, 4, "gelu"),
+        clip_g=_clip(CLIP_G, 37, 3, 4, "gelu"),
+        t5=dict(d_model=T5_WIDTH, d_ff=37, d_kv=8, num_layers=2, num_heads=4, relative_attention_num_buckets=8),
+        unet=dict(
+            block_out_channels=(2, 4),
+            layers_per_block=2,
+            sample_size=TINY_PX // 2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            transformer_layers_per_block=(1, 2),
+            norm_num_groups=1,
+        ),
+        time_dim=8,  # the width of each of SDXL's six micro-conditioning numbers
+        sdxl_vae=dict(block_out_channels=(32, 64), sample_size=TINY_PX),
+        flux=dict(
+            in_channels=4,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            axes_dims_rope=(4, 4, 8),
+        ),
+        flux_vae=dict(FLOW_VAE, latent_channels=1, sample_size=TINY_PX),
+    ),
+    "real": dict(
+        clip_rows=49408,
+        clip_l=_clip(768, 3072, 12, 12, "quick_gelu"),
+        clip_g=_clip(1280, 5120, 32, 20, "gelu"),
+        t5=dict(
+            d_model=4096,
+            d_ff=10240,
+            d_kv=64,
+            num_layers=24,
+            num_heads=64,
+            relative_attention_num_buckets=32,
+            feed_forward_proj="gated-gelu",
+            vocab_size=32128,
+        ),
+        unet=dict(
+            block_out_channels=(320, 640, 1280),
+            layers_per_block=2,
+            sample_size=128,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(5, 10, 20),
+            transformer_layers_per_block=(1, 2, 10),
+        ),
+        time_dim=256,
+        sdxl_vae=dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=1024),
+        flux=dict(
+            in_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            axes_dims_rope=(16, 56, 56),
+        ),
+        flux_vae=dict(
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=16,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.1159,
+            scaling_factor=0.3611,
+            sample_size=1024,
+        ),
+    ),
+}
+
+
 def build(variant: str, folder, words: list[str] | None = None, legacy_eos: bool = True) -> Path:
     """Build the tiny `variant` pipeline (seeded: the same call gives the same weights), save it to
     `folder` with `save_pretrained` and return the folder. `words` (e.g. class names) become single
     tokens in every tokenizer, beside the prompt templates' words and "a"."""
-    if variant not in FAMILY_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {FAMILY_VARIANTS}")
-    texts = [t.format("") for t in TEMPLATES] + ["a", *(words or [])]
-    torch.manual_seed(0)
-    family = variant.split("-")[0]
-    if family == "sdxl":
-        pipe = _sdxl(texts, legacy_eos, turbo=variant == "sdxl-turbo")
-    elif family == "sd3":
-        pipe = _sd3(texts, legacy_eos)
-    else:
-        pipe = _flux(texts, legacy_eos, dev=variant == "flux-dev")
     folder = Path(folder)
-    pipe.save_pretrained(folder)
+    pipeline(variant, words, legacy_eos).save_pretrained(folder)
     _name_fast_t5_tokenizer(folder / "model_index.json")
     return folder
 
 
-def _sdxl(texts: list[str], legacy_eos: bool, turbo: bool):
+def pipeline(
+    variant: str,
+    words: list[str] | None = None,
+    legacy_eos: bool = True,
+    shape: str = "tiny",
+    device="cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """The `variant` pipeline in memory, seeded, at `shape` "tiny" or "real" (REAL_VARIANTS only). Parameters
+    are created on `device` (e.g. "cuda", or "meta" to count them), the denoiser's in `dtype` and the rest in
+    fp32 (diffusion.load_sd keeps the text encoders in fp32 and decides the VAE's dtype): a real FLUX.1 built
+    in fp32 on the CPU first would need 68 GB of host memory and minutes of initialisation."""
+    variants = REAL_VARIANTS if shape == "real" else FAMILY_VARIANTS
+    if shape not in SIZES or variant not in variants:
+        raise ValueError(f"unknown variant {variant!r} at shape {shape!r}; choose one of {variants}")
+    texts = [t.format("") for t in TEMPLATES] + ["a", *(words or [])]
+    sizes = SIZES[shape]
+
+    def on(denoiser: bool = False):
+        return _creating(device, dtype if denoiser else torch.float32)
+
+    torch.manual_seed(0)
+    family = variant.split("-")[0]
+    if family == "sdxl":
+        return _sdxl(texts, sizes, legacy_eos, on, turbo=variant == "sdxl-turbo")
+    if family == "sd3":
+        return _sd3(texts, sizes, legacy_eos, on)
+    return _flux(texts, sizes, legacy_eos, on, dev=variant == "flux-dev")
+
+
+@contextmanager
+def _creating(device, dtype: torch.dtype):
+    """Modules created inside get their parameters on `device` in `dtype` directly."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _sdxl(texts: list[str], s: dict, legacy_eos: bool, on, turbo: bool):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    tok_l, tok_g = _clip_tokenizer(texts), _clip_tokenizer(texts, pad="!")
-    time_dim = 8  # six micro-conditioning numbers (sizes, crop) of this width each, then CLIP-G's pooled
-    unet = UNet2DConditionModel(
-        block_out_channels=(2, 4),
-        layers_per_block=2,
-        sample_size=TINY_PX // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim,
-        transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=6 * time_dim + CLIP_G,
-        cross_attention_dim=CLIP_L + CLIP_G,
-        norm_num_groups=1,
-    )
+    tok_l, tok_g = _clip_tokenizer(texts, s["clip_rows"]), _clip_tokenizer(texts, s["clip_rows"], pad="!")
+    width_l, width_g = s["clip_l"]["hidden_size"], s["clip_g"]["hidden_size"]
+    with on(denoiser=True):
+        unet = UNet2DConditionModel(
+            **s["unet"],
+            in_channels=4,
+            out_channels=4,
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=s["time_dim"],
+            # six micro-conditioning numbers (sizes, crop) of time_dim each, then CLIP-G's pooled vector
+            projection_class_embeddings_input_dim=6 * s["time_dim"] + width_g,
+            cross_attention_dim=width_l + width_g,
+        )
     spacing = "trailing" if turbo else "leading"
     sched = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear", timestep_spacing=spacing
     )
+    with on():
+        vae = _vae(**s["sdxl_vae"], latent_channels=4, scaling_factor=0.13025)
+        text_encoder = CLIPTextModel(_clip_config(tok_l, s["clip_l"], legacy_eos))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tok_g, s["clip_g"], legacy_eos))
     return StableDiffusionXLPipeline(
-        vae=_vae((32, 64), latent_channels=4, scaling_factor=0.13025),
-        text_encoder=CLIPTextModel(_clip_config(tok_l, CLIP_L, legacy_eos)),
-        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok_g, CLIP_G, legacy_eos)),
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
         tokenizer=tok_l,
         tokenizer_2=tok_g,
         unet=unet,
@@ -118,76 +247,81 @@ def _sdxl(texts: list[str], legacy_eos: bool, turbo: bool):
     )
 
 
-def _sd3(texts: list[str], legacy_eos: bool):
+def _sd3(texts: list[str], s: dict, legacy_eos: bool, on):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection
 
     tok_l, tok_g, tok_t5 = _clip_tokenizer(texts), _clip_tokenizer(texts, pad="!"), _t5_tokenizer(texts)
-    transformer = SD3Transformer2DModel(
-        sample_size=TINY_PX,
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        caption_projection_dim=32,
-        joint_attention_dim=T5_WIDTH,
-        pooled_projection_dim=CLIP_L + CLIP_G,
-        out_channels=4,
-    )
+    with on(denoiser=True):
+        transformer = SD3Transformer2DModel(
+            sample_size=TINY_PX,
+            patch_size=1,
+            in_channels=4,
+            num_layers=1,
+            attention_head_dim=8,
+            num_attention_heads=4,
+            caption_projection_dim=32,
+            joint_attention_dim=T5_WIDTH,
+            pooled_projection_dim=CLIP_L + CLIP_G,
+            out_channels=4,
+        )
+    with on():
+        vae = _vae(**FLOW_VAE, latent_channels=4, sample_size=TINY_PX)
+        text_encoder = CLIPTextModelWithProjection(_clip_config(tok_l, s["clip_l"], legacy_eos))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tok_g, s["clip_g"], legacy_eos))
+        text_encoder_3 = _t5_encoder(tok_t5, s["t5"])
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(**FLOW_VAE, latent_channels=4),
-        text_encoder=CLIPTextModelWithProjection(_clip_config(tok_l, CLIP_L, legacy_eos)),
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=tok_l,
-        text_encoder_2=CLIPTextModelWithProjection(_clip_config(tok_g, CLIP_G, legacy_eos)),
+        text_encoder_2=text_encoder_2,
         tokenizer_2=tok_g,
-        text_encoder_3=_t5_encoder(tok_t5),
+        text_encoder_3=text_encoder_3,
         tokenizer_3=tok_t5,
     )
 
 
-def _flux(texts: list[str], legacy_eos: bool, dev: bool):
+def _flux(texts: list[str], s: dict, legacy_eos: bool, on, dev: bool):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
-    tok_l, tok_t5 = _clip_tokenizer(texts), _t5_tokenizer(texts)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=T5_WIDTH,
-        pooled_projection_dim=CLIP_L,
-        axes_dims_rope=[4, 4, 8],
-        guidance_embeds=dev,
-    )
+    tok_l, tok_t5 = _clip_tokenizer(texts, s["clip_rows"]), _t5_tokenizer(texts)
+    with on(denoiser=True):
+        transformer = FluxTransformer2DModel(
+            **s["flux"],
+            patch_size=1,
+            joint_attention_dim=s["t5"]["d_model"],
+            pooled_projection_dim=s["clip_l"]["hidden_size"],
+            guidance_embeds=dev,
+        )
     shift = dict(shift=3.0, use_dynamic_shifting=True) if dev else dict(shift=1.0, use_dynamic_shifting=False)
     sched = FlowMatchEulerDiscreteScheduler(
         base_image_seq_len=256, max_image_seq_len=4096, base_shift=0.5, max_shift=1.15, **shift
     )
+    with on():
+        vae = _vae(**s["flux_vae"])
+        text_encoder = CLIPTextModel(_clip_config(tok_l, s["clip_l"], legacy_eos))
+        text_encoder_2 = _t5_encoder(tok_t5, s["t5"])
     return FluxPipeline(
         scheduler=sched,
-        vae=_vae(**FLOW_VAE, latent_channels=1),
-        text_encoder=CLIPTextModel(_clip_config(tok_l, CLIP_L, legacy_eos)),
+        vae=vae,
+        text_encoder=text_encoder,
         tokenizer=tok_l,
-        text_encoder_2=_t5_encoder(tok_t5),
+        text_encoder_2=text_encoder_2,
         tokenizer_2=tok_t5,
         transformer=transformer,
     )
 
 
 def _vae(block_out_channels, **config):
-    """A tiny AutoencoderKL: one encoder/decoder block per entry of `block_out_channels` (x2 downsampling
+    """An AutoencoderKL: one encoder/decoder block per entry of `block_out_channels` (x2 downsampling
     between blocks, so the latent is 2**(len - 1) times smaller than the image)."""
     from diffusers import AutoencoderKL
 
     blocks = len(block_out_channels)
     return AutoencoderKL(
-        sample_size=TINY_PX,
         in_channels=3,
         out_channels=3,
         block_out_channels=block_out_channels,
@@ -197,29 +331,29 @@ def _vae(block_out_channels, **config):
     )
 
 
-def _clip_tokenizer(texts: list[str], pad: str | None = None):
+def _clip_tokenizer(texts: list[str], rows: int | None = None, pad: str | None = None):
     """A CLIP BPE tokenizer (77 positions) in which every word of `texts` is one token, built offline as
-    bench.py builds SD 1.x's; `pad` replaces the default pad token (EOS)."""
+    bench.py builds SD 1.x's; `rows`: padded with entries no text reaches to this many (the real table's
+    size); `pad` replaces the default pad token (EOS)."""
     from digits.tokenizer import build_vocab, clip_tokenizer
 
-    tok = clip_tokenizer(*build_vocab(texts), model_max_length=77)
+    vocab, merges = build_vocab(texts)
+    if rows:
+        vocab |= {f"<unused{i}>": i for i in range(len(vocab), rows)}
+    tok = clip_tokenizer(vocab, merges, model_max_length=77)
     if pad is not None:
         tok.pad_token = pad
     return tok
 
 
-def _clip_config(tok, hidden: int, legacy_eos: bool):
+def _clip_config(tok, sizes: dict, legacy_eos: bool):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
+        **sizes,
         vocab_size=len(tok),
-        hidden_size=hidden,
-        projection_dim=hidden,
-        intermediate_size=37,
-        num_hidden_layers=3,
-        num_attention_heads=4,
+        projection_dim=sizes["hidden_size"],
         max_position_embeddings=77,
-        hidden_act="gelu",
         layer_norm_eps=1e-05,
         bos_token_id=tok.bos_token_id,
         eos_token_id=2 if legacy_eos else tok.eos_token_id,
@@ -249,17 +383,12 @@ def _t5_tokenizer(texts: list[str]):
     )
 
 
-def _t5_encoder(tok):
+def _t5_encoder(tok, sizes: dict):
+    """A T5 encoder; its table keeps rows beyond the tokenizer (`sizes` may give the real 32128)."""
     from transformers import T5Config, T5EncoderModel
 
     config = T5Config(
-        vocab_size=len(tok) + T5_SPARE_ROWS,
-        d_model=T5_WIDTH,
-        d_ff=37,
-        d_kv=8,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
+        **{"vocab_size": len(tok) + T5_SPARE_ROWS} | sizes,
         dropout_rate=0.0,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,

@@ -20,9 +20,10 @@ def one_thread():
 
 def test_tiny_bench_writes_json_and_table(tmp_path, monkeypatch, one_thread):
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)  # --device auto resolves to the CPU
-    assert bench.main(["--tiny", "--device", "auto", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)]) == 0
+    args = ["--tiny", "--device", "auto", "--repeats", "1", "--warmup", "0", "--families", "none"]
+    assert bench.main([*args, "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "benchmarks.json").read_text())
-    assert {"device", "torch", "diffusers", "train", "generate"} <= result.keys()
+    assert {"device", "torch", "diffusers", "train", "generate"} <= result.keys() and "families" not in result
     assert result["device"] == "cpu" and result["shape"] == "tiny"
     assert set(bench.TRAIN_CASES) <= result["train"].keys() and set(bench.GENERATE_CASES) <= result["generate"].keys()
     for what in ("train", "generate"):
@@ -67,6 +68,110 @@ def test_tiny_bench_writes_json_and_table(tmp_path, monkeypatch, one_thread):
     assert g["cosine"] > 0.999 and abs(g["norm_ratio"] - 1) < 0.02 and g["rel_diff"] < 0.02
     assert 1 <= g["loss_scale"] <= 2**16
     assert g["control_cosine"] < 0.5 and g["cosine"] - g["control_cosine"] > 0.5
+
+
+FAMILY_ARGS = ["--tiny", "--families_only", "--device", "auto", "--repeats", "1", "--warmup", "0"]
+
+
+def test_tiny_families_write_every_case(tmp_path, monkeypatch, one_thread):
+    """bench.py's SDXL, SDXL-Turbo, FLUX.1-schnell and -dev cases on model_zoo's tiny models (16 and 32 px for
+    the GPU's 512 and 1024), with and without checkpointing, at batch 1 and 4; each case's time extrapolated
+    from its gradient part and one no-grad step, the first also timed over all its steps."""
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    assert bench.main([*FAMILY_ARGS, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert "train" not in result and result["family_run"]["command"] == result["command"]
+    assert result["command"].startswith("python bench.py --tiny --families_only")
+    families = result["families"]
+    assert list(families) == list(bench.FAMILY_BENCH) == ["sdxl-turbo", "flux-schnell", "sdxl", "flux-dev"]
+    steps = {"sdxl": 30, "sdxl-turbo": 1, "flux-schnell": 4, "flux-dev": 30}  # config.FAMILY_PRESETS' training steps
+    names = {name for name, *_ in bench.family_cases("tiny")}
+    assert len(names) == 8 and {"16px_batch1", "32px_batch4_no_ckpt"} <= names
+    for variant, f in families.items():
+        assert f["steps"] == steps[variant] and f["dtype"] == "torch.float32", variant  # the CPU runs fp32
+        assert f["pipeline"] == ("FluxPipeline" if "flux" in variant else "StableDiffusionXLPipeline")
+        assert all(m["parameters"] > 0 and m["dtype"] == "torch.float32" for m in f["models"].values()), variant
+        assert set(f["cases"]) == names, variant
+        for name, r in f["cases"].items():
+            assert r["s_per_image"] > 0 and r["peak_gib"] is None and not r["oom"], (variant, name)
+            assert r["s_per_class"] == pytest.approx(250 * r["s_per_image"])  # 50 epochs x 5 images at most
+            assert r["gradient_checkpointing"] == (not name.endswith("_no_ckpt")) and r["steps"] == steps[variant]
+            earlier = r["steps"] - r["grad_steps"]  # the no-grad steps before the gradient step
+            assert (r["nograd_step_s"] is None) == (earlier == 0) and r["grad_part_s"] > 0
+            expected = (r["grad_part_s"] + earlier * (r["nograd_step_s"] or 0)) / r["batch"]
+            assert r["s_per_image"] == pytest.approx(expected), (variant, name)
+        assert f["cases"]["16px_batch1"]["measured_s_per_image"] > 0  # the extrapolation's check
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert "| flux-dev | 32px_batch4_no_ckpt | 30 | float32 | False |" in table and "| what | case |" not in table
+    assert "16px_batch1 over all 30 steps:" in table
+
+
+def test_family_out_of_memory_is_recorded(tmp_path, monkeypatch, one_thread):
+    """A case that runs out of GPU memory is a result ("oom"), and the next cases still run; models that do not
+    fit at all make every case of their variant out of memory."""
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    train, load = bench.bench_train, bench.load_family
+
+    def tight_train(sd, clf, cfg, *args, **kw):
+        if cfg.epoch_size == 4 and not cfg.gradient_checkpointing:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return train(sd, clf, cfg, *args, **kw)
+
+    def tight_load(variant, *args):
+        if variant == "flux-schnell":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return load(variant, *args)
+
+    monkeypatch.setattr(bench, "bench_train", tight_train)
+    monkeypatch.setattr(bench, "load_family", tight_load)
+    assert bench.main([*FAMILY_ARGS, "--families", "sdxl-turbo,flux-schnell", "--out", str(tmp_path)]) == 0
+    families = json.loads((tmp_path / "benchmarks.json").read_text())["families"]
+    for name, r in families["sdxl-turbo"]["cases"].items():
+        oom = name.endswith("batch4_no_ckpt")
+        assert r["oom"] == oom and (r["s_per_image"] is None) == oom, name
+    assert len(families["flux-schnell"]["cases"]) == 8 and "models" not in families["flux-schnell"]
+    assert all(r["oom"] and r["s_per_image"] is None for r in families["flux-schnell"]["cases"].values())
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert "| sdxl-turbo | 32px_batch4_no_ckpt | 1 | float32 | False | out of memory |" in table
+    assert "| flux-schnell | 16px_batch1 | 4 | float32 | True | out of memory |" in table
+
+
+def test_family_cases_past_the_budget_are_skipped(tmp_path, monkeypatch):
+    """--budget_s: no family case starts after it (nothing is built); each is recorded as skipped."""
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    assert bench.main([*FAMILY_ARGS, "--budget_s", "0", "--out", str(tmp_path)]) == 0
+    families = json.loads((tmp_path / "benchmarks.json").read_text())["families"]
+    assert list(families) == list(bench.FAMILY_BENCH)
+    for f in families.values():
+        assert "models" not in f and len(f["cases"]) == 8
+        assert all(r["skipped"] == "time budget" for r in f["cases"].values())
+
+
+def test_families_only_adds_to_the_earlier_results(tmp_path, monkeypatch):
+    """--families_only keeps the SD 1.4 rows already in --out (a run at other shapes is replaced)."""
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    row = dict(s_per_image=1.0, peak_gib=None, dtype="torch.float32", micro_batch_size=1, batch_size=1)
+    earlier = dict(device="cpu", torch="x", diffusers="y", shape="tiny", repeats=3, warmup=1, command="python bench.py")
+    (tmp_path / "benchmarks.json").write_text(json.dumps(earlier | dict(train={"original": row})))
+    assert bench.main([*FAMILY_ARGS, "--families", "sdxl", "--budget_s", "0", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "benchmarks.json").read_text())
+    assert result["train"] == {"original": row} and result["command"] == "python bench.py"
+    assert list(result["families"]) == ["sdxl"] and result["family_run"]["command"].endswith(
+        "--budget_s 0 --out " + str(tmp_path)
+    )
+    table = (tmp_path / "benchmarks.md").read_text()
+    assert "| train | original | 1 |" in table and "| sdxl | 16px_batch1 | 30 | float32 | True | skipped" in table
+
+    (tmp_path / "benchmarks.json").write_text(json.dumps(earlier | dict(shape="sd14", train={"original": row})))
+    assert bench.main([*FAMILY_ARGS, "--families", "sdxl", "--budget_s", "0", "--out", str(tmp_path)]) == 0
+    assert "train" not in json.loads((tmp_path / "benchmarks.json").read_text())
+
+
+def test_family_choice_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
+    assert bench.main(["--tiny", "--families", "sdxl,sd4", "--out", str(tmp_path)]) == 2
+    assert bench.main(["--device", "cpu", "--families", "flux-schnell", "--out", str(tmp_path)]) == 2  # 44 GB
+    assert not (tmp_path / "benchmarks.json").exists()
 
 
 def test_auto_device_resolves_to_the_cpu_without_a_gpu(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """model_zoo: each family's tiny pipeline loads back through `DiffusionPipeline.from_pretrained` (offline, as a
 hub model loads) and draws a 16-px image; its tokenizers hold the prompt words as single tokens; its configs keep
-what real checkpoints do and the project must handle (legacy CLIP eos, T5 embedding rows beyond the tokenizer)."""
+what real checkpoints do and the project must handle (legacy CLIP eos, T5 embedding rows beyond the tokenizer).
+The real sizes bench.py times have the released models' parameter counts."""
 
 import json
 from pathlib import Path
@@ -11,7 +12,7 @@ from conftest import LABELS, TINY_SIZE
 from safetensors.torch import load_file
 
 from digits.tokenizer import words_of
-from model_zoo import FAMILY_VARIANTS, build
+from model_zoo import FAMILY_VARIANTS, build, pipeline
 from prompt_datasets import TEMPLATES
 
 CLASS_NAMES = [name for names in LABELS.values() for name in names.split(", ")]  # "tiger cat", "great_white_shark"
@@ -94,3 +95,46 @@ def test_t5_embedding_has_rows_beyond_the_tokenizer(zoo):
         pytest.skip("no T5 encoder in SDXL")
     (name, encoder), tok = t5[0], pipe.components[t5[0][0].replace("text_encoder", "tokenizer")]
     assert encoder.get_input_embeddings().num_embeddings > len(tok), name
+
+
+# The released checkpoints' parameter counts per model (text encoders before a word is added).
+REAL_PARAMETERS = {
+    "sdxl": dict(unet=2_567_463_684, vae=83_653_863, text_encoder=123_060_480, text_encoder_2=694_659_840),
+    "flux-schnell": dict(
+        transformer=11_891_178_560, vae=83_819_683, text_encoder=123_060_480, text_encoder_2=4_762_310_656
+    ),
+    "flux-dev": dict(
+        transformer=11_901_408_320, vae=83_819_683, text_encoder=123_060_480, text_encoder_2=4_762_310_656
+    ),
+}
+REAL_PARAMETERS["sdxl-turbo"] = REAL_PARAMETERS["sdxl"]
+
+
+@pytest.mark.parametrize("variant", REAL_PARAMETERS)
+def test_real_shapes_have_the_released_sizes(variant):
+    """bench.py's real-size models, built on the meta device (no memory, no time): the released models'
+    parameter counts, CLIP's 49408 and T5's 32128 embedding rows, the denoiser in the run's dtype and the rest
+    in fp32, and the VAE's and sampler's settings."""
+    pipe = pipeline(variant, CLASS_NAMES, shape="real", device="meta", dtype=torch.bfloat16)
+    models = {n: m for n, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    assert {n: sum(p.numel() for p in m.parameters()) for n, m in models.items()} == REAL_PARAMETERS[variant]
+    denoiser = "transformer" if "flux" in variant else "unet"
+    for name, m in models.items():
+        assert {p.device.type for p in m.parameters()} == {"meta"}, name
+        assert {p.dtype for p in m.parameters()} == {torch.bfloat16 if name == denoiser else torch.float32}, name
+    assert len(pipe.tokenizer) == pipe.text_encoder.get_input_embeddings().num_embeddings == 49408
+    vae = pipe.vae.config
+    if "flux" in variant:
+        assert pipe.text_encoder_2.get_input_embeddings().num_embeddings == 32128
+        assert pipe.transformer.config.guidance_embeds == (variant == "flux-dev")
+        assert (vae.latent_channels, vae.scaling_factor, vae.shift_factor) == (16, 0.3611, 0.1159)
+    else:
+        assert len(pipe.tokenizer_2) == pipe.text_encoder_2.get_input_embeddings().num_embeddings == 49408
+        assert (vae.latent_channels, vae.scaling_factor, vae.force_upcast) == (4, 0.13025, True)
+        spacing = "trailing" if variant == "sdxl-turbo" else "leading"
+        assert pipe.scheduler.config.timestep_spacing == spacing
+
+
+def test_no_real_size_sd3():
+    with pytest.raises(ValueError, match="shape 'real'"):
+        pipeline("sd3", shape="real", device="meta")
