@@ -48,3 +48,22 @@ def test_text_encoder_with_old_text_model_prefix_loads(tiny, tmp_path):
         if k != "embeddings.token_embedding.weight":  # resized by one row for S_c
             assert torch.equal(loaded[k], v), k
     assert torch.equal(loaded["embeddings.token_embedding.weight"][:-1], state["embeddings.token_embedding.weight"])
+
+
+def test_webui_token_is_one_emb_params_row_that_diffusers_loads(tiny, tmp_path):
+    """--webui_token for SD 1.x: the single-tensor layout AUTOMATIC1111 saves ({"emb_params": [1, d]}),
+    named after the class directory (those tools take the file name as the prompt word)."""
+    from conftest import tiny_args
+    from diffusers import StableDiffusionPipeline
+
+    from run import main
+
+    assert main(tiny_args(tiny, tmp_path, "--webui_token", "--evaluate", "False")) == 0
+    folder = tmp_path / "pipeline_token" / "2_tiger_cat" / "default"
+    webui, plain = load_file(folder / "2_tiger_cat.safetensors"), load_file(folder / "learned_embeds.safetensors")
+    assert list(webui) == ["emb_params"] and webui["emb_params"].shape == (1, len(plain["newclas"]))
+    assert torch.equal(webui["emb_params"][0], plain["newclas"])
+    pipe = StableDiffusionPipeline.from_pretrained(tiny["sd"], safety_checker=None, requires_safety_checker=False)
+    pipe.load_textual_inversion(str(folder / "2_tiger_cat.safetensors"), token="2_tiger_cat")
+    row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("2_tiger_cat")]
+    assert torch.equal(row, plain["newclas"])
