@@ -2,35 +2,24 @@
 diffusers hub layout, so tests load them with `DiffusionPipeline.from_pretrained(folder)` exactly as
 a user loads a hub model, without the hub.
 
-Where the configs come from (huggingface/diffusers unless named otherwise):
-- SDXL: tests/pipelines/stable_diffusion_xl/test_stable_diffusion_xl.py `get_dummy_components` (UNet, VAE,
-  EulerDiscreteScheduler, CLIPTextConfig). SDXL-Turbo: the same models with `timestep_spacing="trailing"`
-  (docs/source/en/api/pipelines/stable_diffusion/sdxl_turbo.md).
-- SD3: tests/pipelines/stable_diffusion_3/test_pipeline_stable_diffusion_3.py (transformer, VAE with its
-  shift/scaling factors, FlowMatchEulerDiscreteScheduler()).
-- FLUX.1: tests/pipelines/flux/test_pipeline_flux.py (transformer, one-channel VAE: 2x2 packing makes
-  in_channels 4); schedulers as the scheduler_config.json of black-forest-labs/FLUX.1-schnell (static shift 1)
-  and FLUX.1-dev (dynamic shifting with the defaults of `calculate_shift` in
-  src/diffusers/pipelines/flux/pipeline_flux.py).
-- T5 encoder: diffusers' SD3/FLUX tests load hf-internal-testing/tiny-random-t5 from the hub; offline this uses
-  the sizes of huggingface/transformers tests/models/t5/test_modeling_t5.py `T5ModelTester` (d_ff 37, d_kv 8,
-  4 heads, 8 relative-attention buckets), with no dropout and the default initializer.
+    python model_zoo.py sdxl out/tiny_sdxl      # then: python run.py --sd_model out/tiny_sdxl ... (README)
 
-Deliberate departures, so that tests can see what real checkpoints do:
+Tiny sizes (`shape="tiny"`) are those diffusers' own pipeline tests use for their dummy components
+(UNet / transformer, VAE, scheduler, CLIP text configs; T5 with the sizes of transformers' T5 model
+tests), with these deliberate departures, so that tests can see what real checkpoints do:
 - Tokenizers are built offline (the tests' hub tokenizers are unreachable) and hold the prompt templates,
   "a" and the caller's class words as single tokens; every CLIP encoder shares one BPE vocabulary, as
-  CLIP-L and OpenCLIP-G do. CLIP encoders have 3 layers (the tests' 5 are not needed: SDXL/SD3 read the
-  penultimate layer).
+  CLIP-L and OpenCLIP-G do. CLIP encoders have 3 layers (SDXL and SD3 read the penultimate one).
 - CLIP-G is wider than CLIP-L (48 vs 32, projection_dim = hidden as in the real encoders), so a test can
-  tell the two encoders' rows and pooled vectors apart, and its tokenizer pads with "!" (id 0) as the
-  second SDXL/SD3 tokenizer does (comfyanonymous/ComfyUI comfy/sdxl_clip.py: `pad_with_end=False`).
-- `legacy_eos` writes `eos_token_id=2` as the real SDXL/SD3/FLUX CLIP configs do; transformers'
-  models/clip/modeling_clip.py then pools at `input_ids.argmax(-1)`, which is an added token's id, not EOS.
-- T5 is 96 wide (the tests' 32 would crop SD3's CLIP concat, which src/diffusers/pipelines/stable_diffusion_3/
-  pipeline_stable_diffusion_3.py pads to the T5 width: 768 + 1280 -> 4096 in SD3) and keeps spare embedding
-  rows beyond the tokenizer, as T5-XXL has 32128 rows for 32100 entries.
-- SDXL's VAE has SDXL's scaling factor 0.13025 (listed in src/diffusers/utils/remote_utils.py; the test's VAE
-  keeps the default 0.18215), so code that hard-codes SD 1.x's factor shows.
+  tell the two encoders' rows and pooled vectors apart; its tokenizer pads with "!" (id 0), as the second
+  SDXL/SD3 tokenizer does.
+- `legacy_eos` writes `eos_token_id=2`, as the real SDXL/SD3/FLUX CLIP configs do: transformers' CLIP then
+  pools at `input_ids.argmax(-1)`, an added token's id, not the end of text (docs/pipelines.md).
+- T5 is 96 wide (SD3 pads the CLIP concat to the T5 width, 768 + 1280 -> 4096 in SD3; a narrower T5 would
+  crop it) and keeps spare embedding rows beyond the tokenizer, as T5-XXL has 32128 rows for 32100 entries.
+- SDXL's VAE has SDXL's scaling factor 0.13025 (SD 1.x's is 0.18215), so code that hard-codes the latter
+  shows. SDXL-Turbo: the same models with trailing timestep spacing; FLUX.1 schedulers as schnell's (static
+  shift 1) and dev's (dynamic shifting, the pipeline's default shift line).
 - Sizes suit the project's 16-px classifier: SDXL and SD3 default to 16-px images (FluxPipeline fixes its
   default at 128 px: pass height/width), FLUX's 16 px is a multiple of 2 * vae_scale_factor.
 
@@ -405,3 +394,14 @@ def _name_fast_t5_tokenizer(model_index: Path) -> None:
         if entry == ["transformers", "T5Tokenizer"]:
             index[name] = ["transformers", "T5TokenizerFast"]
     model_index.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="Build a tiny random-weight pipeline of one family.")
+    p.add_argument("variant", choices=FAMILY_VARIANTS)
+    p.add_argument("folder")
+    p.add_argument("--words", nargs="*", default=[], help="class words that must be single tokens")
+    a = p.parse_args()
+    print(build(a.variant, a.folder, a.words))

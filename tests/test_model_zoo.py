@@ -138,3 +138,19 @@ def test_real_shapes_have_the_released_sizes(variant):
 def test_no_real_size_sd3():
     with pytest.raises(ValueError, match="shape 'real'"):
         pipeline("sd3", shape="real", device="meta")
+
+
+def test_command_line_builds_a_folder_that_loads(tmp_path):
+    """README's `python model_zoo.py sdxl out/tiny_sdxl --words ...`."""
+    import os
+    import subprocess
+    import sys
+
+    from diffusers import DiffusionPipeline
+
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(root / "model_zoo.py"), "sdxl", str(tmp_path / "m"), "--words", "loop", "stick"]
+    assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode == 0
+    pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "m"))
+    assert type(pipe).__name__ == "StableDiffusionXLPipeline" and len(pipe.tokenizer.tokenize("stick")) == 1
