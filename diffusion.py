@@ -49,10 +49,6 @@ class SD:
     def slot_ids(self) -> list[int]:
         return self.encoders[0].slot_ids
 
-    @property
-    def token_id(self) -> int:
-        return self.slot_ids[0]
-
     def slot_word(self, k: int) -> str:
         """The placeholder word of slot k, as it is written in a prompt."""
         return self.words[k]

@@ -36,9 +36,6 @@ class Prompt:
     def to(self, dtype: torch.dtype) -> "Prompt":
         return self._map(lambda t: t.to(dtype))
 
-    def __len__(self) -> int:
-        return len(self.embeds)
-
     @staticmethod
     def cat(prompts: list["Prompt"]) -> "Prompt":
         pooled = None if prompts[0].pooled is None else torch.cat([p.pooled for p in prompts])
