@@ -161,7 +161,7 @@ def _place(pipe, family, device, dtype) -> None:
     for m in (denoiser, vae):
         m.requires_grad_(False).eval()
     denoiser.to(device, dtype)
-    upcast = dtype == torch.float16 and family.name == "SDXL" and vae.config.get("force_upcast", False)
+    upcast = dtype == torch.float16 and family.vae_upcast and vae.config.get("force_upcast", False)
     vae.to(device, torch.float32 if upcast else dtype)
 
 
@@ -178,7 +178,7 @@ def _add_words(model, tok, key: str, words: list[str], initializer: str, trained
     # 32100 entries) and must not shrink. New rows are overwritten by set_token.
     if max(slot_ids) >= model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tok), mean_resizing=False)
-    if family.name != "SD 1.x/2.x" and key.startswith("clip"):
+    if not family.classic and key.startswith("clip"):
         _pool_at_end_of_text(model, tok)
     init = model.get_input_embeddings().weight[init_ids[0]].detach().float().clone()
     return Encoder(key, model, tok, slot_ids, init, trained)
@@ -293,7 +293,7 @@ def token_tensors(sd: SD, value: torch.Tensor, placeholder: str, webui: bool = F
     other families one [1, d] row per text encoder under the keys ComfyUI and AUTOMATIC1111 read (clip_l,
     clip_g, t5xxl), untrained encoders' rows included (the initializer's)."""
     value = value.detach().float().cpu()
-    if sd.family.name == "SD 1.x/2.x":
+    if sd.family.classic:
         return {"emb_params": value.reshape(1, -1).contiguous()} if webui else {placeholder: value.contiguous()}
     rows = {e.key: e.init for e in sd.encoders} | {e.key: value[part] for e, part in sd.trained()}
     return {k: v.reshape(1, -1).contiguous().cpu() for k, v in rows.items()}
@@ -302,7 +302,7 @@ def token_tensors(sd: SD, value: torch.Tensor, placeholder: str, webui: bool = F
 def token_value(sd: SD, tensors: dict[str, torch.Tensor], placeholder: str, path) -> torch.Tensor:
     """The token value of a file written by `token_tensors` (diffusers' FLUX scripts write `t5` for
     `t5xxl`: accepted)."""
-    if sd.family.name == "SD 1.x/2.x":
+    if sd.family.classic:
         return tensors.get(placeholder, next(iter(tensors.values()))).reshape(-1)
     rows = {("t5xxl" if k == "t5" else k): v.reshape(-1).float() for k, v in tensors.items()}
     parts = []
@@ -319,16 +319,9 @@ def token_value(sd: SD, tensors: dict[str, torch.Tensor], placeholder: str, path
 
 
 def encode(sd: SD, prompts: list[str], length: int | None = None, autocast: bool = False) -> Prompt:
-    """Prompt embeddings as the family's pipeline makes them. SD 1.x/2.x: padded to `length` tokens, by
-    default the tokenizer's max length, as generation pads them (the original padded training prompts
-    to the batch's longest: docs/original.md §7.4); `autocast`: the text encoder under fp16 autocast, as
-    the original's accelerate-prepared encoder (§3)."""
-    if sd.family.name != "SD 1.x/2.x":
-        return sd.family.encode(sd, prompts).to(sd.dtype)
-    length = length or sd.tokenizer.model_max_length
-    ids = sd.tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
-    with torch.autocast(sd.device.type, torch.float16, enabled=autocast):
-        return Prompt(sd.text_encoder(ids.input_ids.to(sd.device))[0].to(sd.dtype))
+    """Prompt embeddings as the family's pipeline makes them, in the denoiser's dtype (`length`, `autocast`:
+    the original's SD 1.x options, families.StableDiffusion.encode)."""
+    return sd.family.encode(sd, prompts, length, autocast).to(sd.dtype)
 
 
 def unconditional(sd: SD, length: int | None = None, autocast: bool = False) -> Prompt | None:

@@ -50,6 +50,19 @@ class StableDiffusion:
     name = "SD 1.x/2.x"
     denoiser = "unet"
     encoders = (("text_encoder", "tokenizer", "clip_l"),)
+    # The original's family: diffusers' one-tensor token file, the original's prompt padding and autocast,
+    # and CLIP's pooled vector unused (so its legacy pooling needs no fix).
+    classic = True
+    vae_upcast = False  # keep the VAE in fp32 under fp16 when its config asks (`force_upcast`)
+
+    def encode(self, sd, prompts: list[str], length: int | None = None, autocast: bool = False) -> Prompt:
+        """Padded to `length` tokens, by default the tokenizer's max length, as generation pads them (the
+        original padded training prompts to the batch's longest: docs/original.md §7.4); `autocast`: the
+        text encoder under fp16 autocast, as the original's accelerate-prepared encoder (§3)."""
+        length = length or sd.tokenizer.model_max_length
+        ids = sd.tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        with torch.autocast(sd.device.type, torch.float16, enabled=autocast):
+            return Prompt(sd.text_encoder(ids.input_ids.to(sd.device))[0])
 
     def guided(self, sd, guidance: float) -> bool:
         return guidance > 1
@@ -83,17 +96,20 @@ class StableDiffusionXL(StableDiffusion):
 
     name = "SDXL"
     encoders = (("text_encoder", "tokenizer", "clip_l"), ("text_encoder_2", "tokenizer_2", "clip_g"))
+    classic = False
+    vae_upcast = True  # SDXL's VAE overflows in fp16
 
-    def encode(self, sd, prompts: list[str]) -> Prompt:
+    def encode(self, sd, prompts: list[str], length=None, autocast=False) -> Prompt:
         embeds, _, pooled, _ = sd.pipe.encode_prompt(
             prompt=prompts, device=sd.device, num_images_per_prompt=1, do_classifier_free_guidance=False
         )
         return Prompt(embeds, pooled)
 
     def uncond(self, sd, encode) -> Prompt | None:
-        if sd.pipe.config.force_zeros_for_empty_prompt:
-            one = encode(["A"])
-            return Prompt(torch.zeros_like(one.embeds), torch.zeros_like(one.pooled))
+        if sd.pipe.config.force_zeros_for_empty_prompt:  # zeros of the encoded prompts' shapes
+            kw = dict(device=sd.device, dtype=sd.dtype)
+            embeds = torch.zeros(1, sd.tokenizer.model_max_length, sd.unet.config.cross_attention_dim, **kw)
+            return Prompt(embeds, torch.zeros(1, sd.text_encoder_2.config.projection_dim, **kw))
         return encode([""])
 
     def predict(self, sd, x, t, prompt: Prompt, guidance: float) -> torch.Tensor:
@@ -109,9 +125,10 @@ class StableDiffusion3(StableDiffusion):
 
     name = "SD3"
     denoiser = "transformer"
+    classic = False
     encoders = StableDiffusionXL.encoders + (("text_encoder_3", "tokenizer_3", "t5xxl"),)
 
-    def encode(self, sd, prompts: list[str]) -> Prompt:
+    def encode(self, sd, prompts: list[str], length=None, autocast=False) -> Prompt:
         embeds, _, pooled, _ = sd.pipe.encode_prompt(
             prompt=prompts,
             prompt_2=None,
@@ -143,9 +160,10 @@ class Flux(StableDiffusion):
 
     name = "FLUX.1"
     denoiser = "transformer"
+    classic = False
     encoders = (("text_encoder", "tokenizer", "clip_l"), ("text_encoder_2", "tokenizer_2", "t5xxl"))
 
-    def encode(self, sd, prompts: list[str]) -> Prompt:
+    def encode(self, sd, prompts: list[str], length=None, autocast=False) -> Prompt:
         embeds, pooled, _text_ids = sd.pipe.encode_prompt(
             prompt=prompts, prompt_2=None, device=sd.device, num_images_per_prompt=1
         )

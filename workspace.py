@@ -104,7 +104,7 @@ def load_diffusion(cfg: RunConfig, classifiers: dict, device: torch.device, dtyp
 
     _, family, _ = model_family(cfg.sd_model)
     sd_only = [f for f in ("pad_to_longest", "text_encoder_autocast", "decay_vocabulary") if getattr(cfg, f)]
-    if sd_only and family.name != "SD 1.x/2.x":  # the original's SD 1.x text-encoder defects (§7)
+    if sd_only and not family.classic:  # the original's SD 1.x text-encoder defects (§7)
         raise UsageError(f"--{sd_only[0]}: reproduces the original's SD 1.x computation; not for a {family.name} model")
     for clf in classifiers.values():  # fp32, fed fp32 images, as the original (docs/original.md §3)
         clf.to(device)
