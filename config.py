@@ -37,8 +37,9 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 #   moved to untouched seeds.)
 # (`--generate` images use evaluate.GENERATE_SEED_OFFSET = 1,000,000 and up.) The SD 1.4 default keeps the
 # original's seeds 0..9 (docs/original.md §6), the paper's protocol.
-# - selection: candidates (--candidates K) are compared on SELECTION_SEED .. + select_size - 1 by the training
-#   classifier; candidate k > 0 trains from seed + k * CANDIDATE_SEED_STRIDE (candidate 0: `seed` itself).
+# - selection: candidates (--candidates K) and snapshots (--select_every N) are compared on SELECTION_SEED ..
+#   + select_size - 1 by the training classifier; candidate k > 0 trains from seed + k * CANDIDATE_SEED_STRIDE
+#   (candidate 0: `seed` itself).
 VALIDATION_SEED = 1000
 TEST_SEED = 20000
 SELECTION_SEED = 500_000
@@ -103,7 +104,8 @@ class RunConfig:
     webui_token: bool = False  # also write <class dir>.safetensors for AUTOMATIC1111 / ComfyUI (name = prompt word)
     # --- many runs at once ---
     candidates: int = 1  # train K tokens per class (own noise seeds), keep the one most accurate on selection seeds
-    select_size: int = 20  # with candidates > 1: images per candidate on the selection seeds, judged by `classifier`
+    select_size: int = 20  # images per offered token on the selection seeds, judged by `classifier`
+    select_every: int = 0  # also offer each run's token every N epochs to the selection (0: kept tokens only)
     class_batch: int = 1  # train (and evaluate) this many classes, times their candidates, together in one batch
     # --- the original code's computation, defects included (docs/original.md §7; --preset original) ---
     clip_before_backward: bool = False  # clip the scaled, accumulated gradient before each backward (§7.1)
@@ -212,6 +214,11 @@ PRESETS["digits-flow"] = PRESETS["digits"] | dict(sd_model=str(HERE / "digits" /
 PRESETS |= FAMILY_PRESETS
 
 
+def selecting(cfg: RunConfig) -> bool:
+    """Whether the class's token is chosen on the selection seeds (several candidates or snapshots)."""
+    return cfg.candidates > 1 or cfg.select_every > 0
+
+
 def _validate(cfg: RunConfig) -> None:
     def need(ok: bool, flag: str, allowed: str) -> None:
         if not ok:
@@ -246,6 +253,8 @@ def _validate(cfg: RunConfig) -> None:
     )
     need(cfg.report_to != "wandb" or _importable("wandb"), "report_to", "pip install wandb")
     need(cfg.train or cfg.candidates == 1, "candidates", "needs --train True (candidates are chosen while training)")
+    need(cfg.select_every >= 0, "select_every", "must be zero or a positive integer")
+    need(cfg.train or not cfg.select_every, "select_every", "needs --train True (snapshots are taken while training)")
     alone = cfg.candidates * cfg.class_batch == 1
     need(alone or not cfg.decay_vocabulary, "decay_vocabulary", "decays the one shared vocabulary: one run at a time")
     seeds, selection = (
@@ -253,7 +262,7 @@ def _validate(cfg: RunConfig) -> None:
         range(SELECTION_SEED, SELECTION_SEED + cfg.select_size),
     )
     need(
-        cfg.candidates == 1 or not set(seeds) & set(selection),
+        not selecting(cfg) or not set(seeds) & set(selection),
         "eval_seed",
         f"overlaps the selection seeds {SELECTION_SEED}..",
     )

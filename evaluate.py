@@ -117,17 +117,34 @@ def intervals(res: dict, target: int) -> dict:
     return out | dict(gain=gain, gain_ci=[low, high])
 
 
-def selection_accuracy(cfg, sd, clf, token: torch.Tensor, target: int, name: str) -> dict:
-    """A candidate's accuracy on the selection seeds, judged by the training classifier `clf` only (the
-    evaluation classifier and the evaluation seeds never take part in choosing), with its Wilson interval."""
+def selection_accuracies(cfg, sd, clf, options: list[tuple]) -> list[dict]:
+    """Each option's ((token, target, class name)) accuracy on the selection seeds, judged by the training
+    classifier `clf` only (the evaluation classifier and the evaluation seeds never take part in choosing),
+    with its Wilson interval."""
     from config import SELECTION_SEED
 
-    set_token(sd, token)
     seeds = list(range(SELECTION_SEED, SELECTION_SEED + cfg.select_size))
-    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name)
-    images = generate(sd, prompt, seeds, cfg.eval_steps, cfg.eval_guidance_scale, cfg.eval_batch_size)
-    hits = sum(p == target for p in classify(clf, images, cfg.eval_batch_size, sd.device))
-    return dict(selection_accuracy=hits / len(seeds), selection_ci=list(wilson(hits, len(seeds))))
+    out = []
+    for images, (_, target, _) in zip(token_images(cfg, sd, [(t, n) for t, _, n in options], seeds), options):
+        hits = sum(p == target for p in classify(clf, images, cfg.eval_batch_size, sd.device))
+        out.append(dict(selection_accuracy=hits / len(seeds), selection_ci=list(wilson(hits, len(seeds)))))
+    return out
+
+
+def token_images(cfg, sd, options: list[tuple], seeds: list[int]):
+    """Yields each option's ((token, class name)) images of "A photo of S_c <class>" for `seeds`, with the
+    evaluation sampler; the options are generated together, one placeholder slot each."""
+    slots = len(sd.words)
+    try:
+        for start in range(0, len(options), slots):
+            chunk = options[start : start + slots]
+            for k, (token, _) in enumerate(chunk):
+                set_token(sd, token, k)
+            prompts = [class_prompt(EVAL_TEMPLATE, sd.slot_word(k), n) for k, (_, n) in enumerate(chunk) for _ in seeds]
+            yield from eval_images(cfg, sd, prompts, seeds * len(chunk)).split(len(seeds))
+    finally:
+        for k in range(slots):  # the slots are free again
+            set_token(sd, sd.init_embedding, k)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

@@ -154,10 +154,11 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     finally:
         if tracker is not None:
             tracker.end_training()
+    per_class = [runs[i * cfg.candidates : (i + 1) * cfg.candidates] for i in range(len(jobs))]
+    scores = selection_scores(cfg, sd, clf, per_class, [name for _, name, _ in jobs])
     summaries = []
-    for i, (_c, name, paths) in enumerate(jobs):
-        mine = runs[i * cfg.candidates : (i + 1) * cfg.candidates]
-        summary = keep_best(cfg, sd, clf, mine, name, paths)
+    for mine, score, (_c, _name, paths) in zip(per_class, scores, jobs):
+        summary = keep_best(cfg, sd, mine, score, paths)
         summary |= dict(micro_batch_size=micro_batch_size(cfg, sd.device, len(runs)), runs_together=len(runs))
         write_json(paths.train_summary, summary | {"process": process})
         summaries.append(summary)
@@ -198,30 +199,75 @@ def candidate_seed(seed: int, k: int) -> int:
     return seed + k * CANDIDATE_SEED_STRIDE
 
 
-def keep_best(cfg: RunConfig, sd, clf, runs: list, name: str, paths: "ClassPaths") -> dict:
-    """Save each candidate's kept token; the chosen one (the only one, or the most accurate on the
-    selection seeds; ties: the lower training loss) becomes the class's token. Returns its summary,
-    with every candidate listed when there are several."""
+def offered(run) -> list[tuple]:
+    """A run's tokens offered to the selection: (epoch of a snapshot or None for the kept token, token)."""
+    return [(None, run.kept)] + list(run.snapshots.items())
+
+
+def selection_scores(cfg: RunConfig, sd, clf, per_class: list[list], names: list[str]) -> list:
+    """Per class, per run, per offered token: its selection accuracy (all classes' tokens generated
+    together); None per class when nothing is to be chosen (one run, no snapshots)."""
+    from config import selecting
+    from evaluate import selection_accuracies
+
+    if not selecting(cfg):
+        return [None] * len(per_class)
+    options = [
+        (tok, run.target, name) for runs, name in zip(per_class, names) for run in runs for _, tok in offered(run)
+    ]
+    scores = iter(selection_accuracies(cfg, sd, clf, options))
+    return [[[next(scores) for _ in offered(run)] for run in runs] for runs in per_class]
+
+
+def best_offer(offers: list[tuple]) -> int:
+    """The chosen offer among (selection accuracy, snapshot epoch or None for a kept token, the run's best
+    training loss): the most accurate; ties: a kept token, then the lower loss, then the first listed."""
+    return max(range(len(offers)), key=lambda i: (offers[i][0], offers[i][1] is None, -offers[i][2]))
+
+
+def keep_best(cfg: RunConfig, sd, runs: list, scores, paths: "ClassPaths") -> dict:
+    """Save each candidate's kept token (and its snapshots); the chosen one (the only one, or the most
+    accurate on the selection seeds; ties: a kept token, then the lower training loss) becomes the
+    class's token. Returns the chosen run's summary, every candidate listed when there was a choice."""
     from diffusion import set_token
-    from evaluate import selection_accuracy
     from train import save_token
 
-    if len(runs) == 1:
-        best, listing = 0, None
+    if scores is None:
+        k, epoch, listing = 0, None, None
     else:
-        listing = []
-        for run in runs:
-            save_token(run.log_path.with_name("learned_embeds.safetensors"), sd, cfg.placeholder_token, run.kept)
-            listing.append(run.summary() | selection_accuracy(cfg, sd, clf, run.kept, run.target, name))
-        best = max(range(len(runs)), key=lambda k: (listing[k]["selection_accuracy"], -runs[k].best_loss))
-        for k, entry in enumerate(listing):
-            entry["chosen"] = k == best
-    set_token(sd, runs[best].kept)
-    save_token(paths.token, sd, cfg.placeholder_token, runs[best].kept)
+        where = [(k, e) for k, r in enumerate(runs) for e, _ in offered(r)]
+        accuracies = [a["selection_accuracy"] for s in scores for a in s]
+        k, epoch = where[best_offer([(a, e, runs[k].best_loss) for a, (k, e) in zip(accuracies, where)])]
+        picked = [[(j, e) == (k, epoch) for e, _ in offered(r)] for j, r in enumerate(runs)]
+        listing = [candidate_entry(cfg, sd, *row) for row in zip(runs, scores, picked)]
+    token = runs[k].kept if epoch is None else runs[k].snapshots[epoch]
+    set_token(sd, token)
+    save_token(paths.token, sd, cfg.placeholder_token, token)
     if cfg.webui_token:
-        save_token(paths.webui_token, sd, cfg.placeholder_token, runs[best].kept, webui=True)
-    summary = runs[best].summary()
-    return summary if listing is None else summary | dict(candidate=best, candidates=listing)
+        save_token(paths.webui_token, sd, cfg.placeholder_token, token, webui=True)
+    summary = runs[k].summary()
+    if listing is None:
+        return summary
+    if epoch is not None:
+        summary |= dict(kept_token=f"the token after epoch {epoch} (a snapshot, chosen on the selection seeds)")
+    return summary | dict(candidate=k, snapshot_epoch=epoch, candidates=listing)
+
+
+def candidate_entry(cfg: RunConfig, sd, run, scores: list[dict], picked: list[bool]) -> dict:
+    """One candidate in train_summary.json, its tokens written beside its log: the kept token and, with
+    --select_every, the snapshots; `scores` and `picked` (the class's token?) follow `offered(run)`."""
+    from train import save_token
+
+    folder = run.log_path.parent
+    if cfg.candidates > 1:
+        save_token(folder / "learned_embeds.safetensors", sd, cfg.placeholder_token, run.kept)
+    snapshots = []
+    for (epoch, token), score, chosen in zip(list(run.snapshots.items()), scores[1:], picked[1:]):
+        file = folder / "snapshots" / f"epoch{epoch:04d}.safetensors"
+        save_token(file, sd, cfg.placeholder_token, token)
+        snapshots.append(dict(epoch=epoch, file=str(file.relative_to(folder)), chosen=chosen) | score)
+    entry = run.summary() | scores[0] | dict(chosen=any(picked), kept_token_chosen=picked[0])
+    return entry | (dict(snapshots=snapshots) if snapshots else {})
 
 
 def save_full_pipeline(sd, out: Path) -> None:

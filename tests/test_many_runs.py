@@ -99,6 +99,34 @@ def test_candidates_are_chosen_on_selection_seeds_by_the_training_classifier(tin
     assert torch.equal(load_file(tok / "learned_embeds.safetensors")["newclas"], chosen)
 
 
+@pytest.mark.parametrize("candidates", [1, 2])
+def test_snapshots_join_the_selection(tiny, tmp_path, candidates):
+    """--select_every 2 over 4 epochs: each run's tokens after epochs 2 and 4 are offered besides its kept
+    token; the class's token is the offer most accurate on the selection seeds, written beside the others."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "out"
+    args = ["--candidates", str(candidates), "--select_every", "2", "--select_size", "4", "--lr", "0.5"]
+    args += ["--num_train_epochs", "4", "--early_stopping", "10", "--accuracy_stop", "1"]
+    assert main([*tiny_args(tiny, out, *args), "--evaluate", "False"]) == 0
+    tok = out / "pipeline_token" / "2_tiger_cat" / "default"
+    summary = json.loads((tok / "train_summary.json").read_text())
+    listed = summary["candidates"]
+    assert len(listed) == candidates and [s["epoch"] for s in listed[0]["snapshots"]] == [2, 4]
+    offers = [(c, None, c["selection_accuracy"], c["kept_token_chosen"]) for c in listed]
+    offers += [(c, s["epoch"], s["selection_accuracy"], s["chosen"]) for c in listed for s in c["snapshots"]]
+    assert sum(chosen for *_, chosen in offers) == 1 and sum(c["chosen"] for c in listed) == 1
+    (owner, epoch, accuracy, _) = next(o for o in offers if o[3])
+    assert accuracy == max(o[2] for o in offers) and epoch == summary["snapshot_epoch"]
+    folder = tok if candidates == 1 else tok / "candidates" / str(summary["candidate"])
+    files = [folder / s["file"] for s in owner["snapshots"]] + [folder / "learned_embeds.safetensors"]
+    assert all(f.is_file() for f in files)
+    chosen = folder / (f"snapshots/epoch{epoch:04d}.safetensors" if epoch else "learned_embeds.safetensors")
+    assert torch.equal(load_file(tok / "learned_embeds.safetensors")["newclas"], load_file(chosen)["newclas"])
+    snaps = [load_file(folder / s["file"])["newclas"] for s in owner["snapshots"]]
+    assert not torch.equal(snaps[0], snaps[1])  # the token moved between epochs 2 and 4
+
+
 def test_class_batch_gives_the_same_tokens_and_resumes(tiny, tmp_path):
     batched, apart = tmp_path / "batched", tmp_path / "apart"
     assert main(tiny_args(tiny, batched, "--class_index", "1-3", "--class_batch", "2")) == 0

@@ -1,0 +1,110 @@
+"""Which tokens should the selection see? Replays the choice of a finished `--select_every` run.
+
+A run with `--candidates K --select_every N` keeps, for each class, every candidate's kept token (the
+lowest-loss one, the original's rule) and its token every N epochs, each with its accuracy on the
+selection seeds (the training classifier: train_summary.json). This script scores every one of those
+tokens on the validation seeds with the judge and replays the selection rules on the same tokens:
+
+- `single`: candidate 0's kept token (one run, the original's rule: `--candidates 1`);
+- `kept`: the most accurate on the selection seeds among the K kept tokens (`--candidates K`);
+- `every M`: the same among the kept tokens and the snapshots at multiples of M epochs (`--select_every M`);
+- `oracle`: the best token on the validation seeds themselves (a reference, not a rule).
+
+Every rule chooses by the selection seeds alone (workspace.best_offer); the judge and the validation seeds
+only score the choice. Writes `selection_<exp_id>.json` into the run's folder and prints a table.
+
+python digits/selection.py out/sel --exp_id k3e10_s36 --every 10 20
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import VALIDATION_SEED, parse_args  # noqa: E402
+from evaluate import classify, token_images  # noqa: E402
+from train import load_token  # noqa: E402
+from workspace import best_offer, load_classifiers, load_diffusion, quiet_libraries  # noqa: E402
+
+
+def offers(summary: dict, folder: Path) -> list[dict]:
+    """Every token the run offered, with what the rules read: candidate, epoch (None: kept), file, accuracy."""
+    out = []
+    for k, c in enumerate(summary["candidates"]):
+        base = folder / "candidates" / str(k) if len(summary["candidates"]) > 1 else folder
+        out.append(dict(candidate=k, epoch=None, file=base / "learned_embeds.safetensors", loss=c["best_loss"]))
+        out[-1]["selection"] = c["selection_accuracy"]
+        for s in c.get("snapshots", []):
+            out.append(dict(candidate=k, epoch=s["epoch"], file=base / s["file"], loss=c["best_loss"]))
+            out[-1]["selection"] = s["selection_accuracy"]
+    return out
+
+
+def rules(offered: list[dict], every: list[int]) -> dict:
+    """Each rule's choice: an index into `offered`."""
+    pools = {"single": [i for i, o in enumerate(offered) if o["candidate"] == 0 and o["epoch"] is None]}
+    pools["kept"] = [i for i, o in enumerate(offered) if o["epoch"] is None]
+    for m in every:
+        pools[f"every {m}"] = [i for i, o in enumerate(offered) if o["epoch"] is None or o["epoch"] % m == 0]
+    pick = {}
+    for name, pool in pools.items():
+        pick[name] = pool[
+            best_offer([(offered[i]["selection"], offered[i]["epoch"], offered[i]["loss"]) for i in pool])
+        ]
+    return pick
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("output_path")
+    ap.add_argument("--exp_id", required=True)
+    ap.add_argument("--every", type=int, nargs="*", default=[10])
+    ap.add_argument("--seeds", type=int, default=100, help="validation seeds from VALIDATION_SEED")
+    a = ap.parse_args()
+    summaries = sorted(Path(a.output_path, "pipeline_token").glob(f"*/{a.exp_id}/train_summary.json"))
+    runs = [json.loads(p.read_text()) for p in summaries]
+    slots = max(len(s.get("candidates", [])) * (1 + len(s["candidates"][0].get("snapshots", []))) for s in runs)
+    args = ["--preset", "digits", "--candidates", str(max(slots, 1)), "--output_path", a.output_path]
+    cfg = parse_args([*args, "--device", "cpu", "--eval_seed", str(VALIDATION_SEED), "--test_size", str(a.seeds)])
+    quiet_libraries()
+    classifiers = load_classifiers(cfg, say_notes=False)
+    sd = load_diffusion(cfg, classifiers, torch.device("cpu"), torch.float32)
+    vit, judge = classifiers["classifier"], classifiers["eval_classifier"]
+    seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + a.seeds))
+    report = []
+    for path, summary in zip(summaries, runs):
+        if "candidates" not in summary:
+            continue  # a class stopped at once: nothing was chosen
+        index, name = int(path.parts[-3].split("_")[0]) - 1, path.parts[-3].split("_", 1)[1]
+        offered = offers(summary, path.parent)
+        tokens = [(load_token(o["file"], sd, cfg.placeholder_token), name) for o in offered]
+        base = [(sd.init_embedding, name)]  # the initializer's row: S_c's slot holds the baseline word
+        scored = []
+        for images in token_images(cfg, sd, base + tokens, seeds):
+            j, v = (classify(c, images, cfg.eval_batch_size, sd.device) for c in (judge, vit))
+            scored.append(
+                dict(judge=sum(p == index for p in j) / len(j), agree=sum(x == y for x, y in zip(j, v)) / len(j))
+            )
+        baseline, scored = scored[0], scored[1:]
+        for o, s in zip(offered, scored):
+            o.update(s, file=str(o["file"]))
+        chosen = rules(offered, a.every)
+        chosen["oracle"] = max(range(len(offered)), key=lambda i: offered[i]["judge"])
+        report.append(dict(class_index=index + 1, name=name, baseline=baseline, offered=offered, chosen=chosen))
+        row = "  ".join(f"{r}: {offered[i]['judge'] - baseline['judge']:+.2f}" for r, i in chosen.items())
+        print(f"{index + 1:>2} {name:<6} baseline {baseline['judge']:.2f}  {row}", flush=True)
+    names = list(report[0]["chosen"]) if report else []
+    for r in names:
+        gains = [c["offered"][c["chosen"][r]]["judge"] - c["baseline"]["judge"] for c in report]
+        print(f"{r:>9}: mean gain {100 * sum(gains) / len(gains):+.1f}, minimum {100 * min(gains):+.0f}")
+    out = Path(a.output_path) / f"selection_{a.exp_id}.json"
+    out.write_text(json.dumps(dict(seeds=[seeds[0], seeds[-1]], judge=judge.name, classes=report), indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
