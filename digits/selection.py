@@ -8,6 +8,7 @@ tokens on the validation seeds with the judge and replays the selection rules on
 - `single`: candidate 0's kept token (one run, the original's rule: `--candidates 1`);
 - `kept`: the most accurate on the selection seeds among the K kept tokens (`--candidates K`);
 - `every M`: the same among the kept tokens and the snapshots at multiples of M epochs (`--select_every M`);
+- `single, every M`: candidate 0's kept token and snapshots (`--candidates 1 --select_every M`);
 - `oracle`: the best token on the validation seeds themselves (a reference, not a rule).
 
 Every rule chooses by the selection seeds alone (workspace.best_offer); the judge and the validation seeds
@@ -50,6 +51,7 @@ def rules(offered: list[dict], every: list[int]) -> dict:
     pools["kept"] = [i for i, o in enumerate(offered) if o["epoch"] is None]
     for m in every:
         pools[f"every {m}"] = [i for i, o in enumerate(offered) if o["epoch"] is None or o["epoch"] % m == 0]
+        pools[f"single, every {m}"] = [i for i in pools[f"every {m}"] if offered[i]["candidate"] == 0]
     pick = {}
     for name, pool in pools.items():
         pick[name] = pool[
