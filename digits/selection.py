@@ -15,10 +15,16 @@ Every rule chooses by the selection seeds alone (workspace.best_offer); the judg
 only score the choice. Writes `selection_<exp_id>.json` into the run's folder and prints a table.
 
 python digits/selection.py out/sel --exp_id k3e10_s36 --every 10 20
+python digits/selection.py out/sel --exp_id k3e10_s36 --export "single, every 10" --as s1e10_s36   # then
+python run.py --preset digits --class_index 1-10 --train False --exp_id s1e10_s36 --output_path out/sel
+
+`--export RULE --as EXP` writes, per class, the token RULE chooses (by the selection seeds, as above) as
+experiment EXP of the same output folder, so that run.py evaluates it like any trained token.
 """
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -60,14 +66,33 @@ def rules(offered: list[dict], every: list[int]) -> dict:
     return pick
 
 
+def export(summaries: list[Path], exp_id: str, rule: str, every: list[int], target: str) -> None:
+    """Each class's token chosen by `rule` (a class that stopped at once: its only token) into exp `target`."""
+    for path in summaries:
+        summary, src = json.loads(path.read_text()), path.parent
+        token = src / "learned_embeds.safetensors"
+        if "candidates" in summary:
+            offered = offers(summary, src)
+            token = offered[rules(offered, every)[rule]]["file"]
+        dst = src.parent / target
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy(token, dst / "learned_embeds.safetensors")
+        shutil.copy(src / "config.json", dst / "config.json")
+        print(f"{path.parts[-3]}: {Path(token).relative_to(src)} -> {dst}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("output_path")
     ap.add_argument("--exp_id", required=True)
     ap.add_argument("--every", type=int, nargs="*", default=[10])
     ap.add_argument("--seeds", type=int, default=100, help="validation seeds from VALIDATION_SEED")
+    ap.add_argument("--export", default="", help='a rule, e.g. "single, every 10": write its tokens as --as')
+    ap.add_argument("--as", dest="target", default="", help="the experiment name the exported tokens get")
     a = ap.parse_args()
     summaries = sorted(Path(a.output_path, "pipeline_token").glob(f"*/{a.exp_id}/train_summary.json"))
+    if a.export:
+        return export(summaries, a.exp_id, a.export, a.every, a.target or ap.error("--export needs --as"))
     runs = [json.loads(p.read_text()) for p in summaries]
     slots = max(len(s.get("candidates", [])) * (1 + len(s["candidates"][0].get("snapshots", []))) for s in runs)
     args = ["--preset", "digits", "--candidates", str(max(slots, 1)), "--output_path", a.output_path]
