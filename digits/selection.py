@@ -94,6 +94,8 @@ def main() -> None:
     if a.export:
         return export(summaries, a.exp_id, a.export, a.every, a.target or ap.error("--export needs --as"))
     runs = [json.loads(p.read_text()) for p in summaries]
+    if not runs:
+        ap.error(f"no pipeline_token/*/{a.exp_id}/train_summary.json under {a.output_path} (training not finished?)")
     slots = max(len(s.get("candidates", [])) * (1 + len(s["candidates"][0].get("snapshots", []))) for s in runs)
     args = ["--preset", "digits", "--candidates", str(max(slots, 1)), "--output_path", a.output_path]
     cfg = parse_args([*args, "--device", "cpu", "--eval_seed", str(VALIDATION_SEED), "--test_size", str(a.seeds)])
