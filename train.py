@@ -139,7 +139,7 @@ class Run:
     stop: str | None = None
     log: list = field(default_factory=list)
     clips: list = field(default_factory=list)  # this epoch's clips before backward: did each cut?
-    snapshots: dict = field(default_factory=dict)  # epoch -> token after it, every `select_every` epochs
+    snapshots: dict = field(default_factory=dict)  # epoch (0-based, as the log) -> the token after its update
     start: float = field(default_factory=time.time)
 
     def __post_init__(self):
@@ -174,7 +174,7 @@ class Run:
             entry |= dict(clips=self.clips, last_image_regime=bool(self.clips and self.clips[-1]))
         self.log.append(entry | dict(lr=c.lr, noise_seed=self.noise_seed, seed=self.seed))
         if c.select_every and (epoch + 1) % c.select_every == 0:  # offered to the selection (workspace.keep_best)
-            self.snapshots[epoch + 1] = self.token.detach().clone()
+            self.snapshots[epoch] = self.token.detach().clone()
         write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
         if update["zero_grad"] and sum(e["zero_grad"] for e in self.log) == 1:
             warnings.warn(f"{self.label}: gradient underflow: try --mixed_precision bf16", stacklevel=2)

@@ -249,7 +249,9 @@ def keep_best(cfg: RunConfig, sd, runs: list, scores, paths: "ClassPaths") -> di
     if listing is None:
         return summary
     if epoch is not None:
-        summary |= dict(kept_token=f"the token after epoch {epoch} (a snapshot, chosen on the selection seeds)")
+        summary |= dict(
+            kept_token=f"the token after epoch {epoch}'s update (a snapshot, chosen on the selection seeds)"
+        )
     return summary | dict(candidate=k, snapshot_epoch=epoch, candidates=listing)
 
 

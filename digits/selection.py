@@ -7,7 +7,8 @@ tokens on the validation seeds with the judge and replays the selection rules on
 
 - `single`: candidate 0's kept token (one run, the original's rule: `--candidates 1`);
 - `kept`: the most accurate on the selection seeds among the K kept tokens (`--candidates K`);
-- `every M`: the same among the kept tokens and the snapshots at multiples of M epochs (`--select_every M`);
+- `every M`: the same among the kept tokens and the snapshots after every M epochs (`--select_every M`;
+  snapshot epochs count from 0, as train_log.jsonl: M = 10 offers epochs 9, 19, ...);
 - `single, every M`: candidate 0's kept token and snapshots (`--candidates 1 --select_every M`);
 - `oracle`: the best token on the validation seeds themselves (a reference, not a rule).
 
@@ -56,7 +57,7 @@ def rules(offered: list[dict], every: list[int]) -> dict:
     pools = {"single": [i for i, o in enumerate(offered) if o["candidate"] == 0 and o["epoch"] is None]}
     pools["kept"] = [i for i, o in enumerate(offered) if o["epoch"] is None]
     for m in every:
-        pools[f"every {m}"] = [i for i, o in enumerate(offered) if o["epoch"] is None or o["epoch"] % m == 0]
+        pools[f"every {m}"] = [i for i, o in enumerate(offered) if o["epoch"] is None or (o["epoch"] + 1) % m == 0]
         pools[f"single, every {m}"] = [i for i in pools[f"every {m}"] if offered[i]["candidate"] == 0]
     pick = {}
     for name, pool in pools.items():

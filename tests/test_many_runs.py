@@ -101,8 +101,9 @@ def test_candidates_are_chosen_on_selection_seeds_by_the_training_classifier(tin
 
 @pytest.mark.parametrize("candidates", [1, 2])
 def test_snapshots_join_the_selection(tiny, tmp_path, candidates):
-    """--select_every 2 over 4 epochs: each run's tokens after epochs 2 and 4 are offered besides its kept
-    token; the class's token is the offer most accurate on the selection seeds, written beside the others."""
+    """--select_every 2 over 4 epochs: each run's tokens after 2 and 4 epochs (epochs 1 and 3, counted from 0
+    as in train_log.jsonl) are offered besides its kept token; the class's token is the offer most accurate
+    on the selection seeds, written beside the others."""
     from safetensors.torch import load_file
 
     out = tmp_path / "out"
@@ -112,7 +113,7 @@ def test_snapshots_join_the_selection(tiny, tmp_path, candidates):
     tok = out / "pipeline_token" / "2_tiger_cat" / "default"
     summary = json.loads((tok / "train_summary.json").read_text())
     listed = summary["candidates"]
-    assert len(listed) == candidates and [s["epoch"] for s in listed[0]["snapshots"]] == [2, 4]
+    assert len(listed) == candidates and [s["epoch"] for s in listed[0]["snapshots"]] == [1, 3]
     offers = [(c, None, c["selection_accuracy"], c["kept_token_chosen"]) for c in listed]
     offers += [(c, s["epoch"], s["selection_accuracy"], s["chosen"]) for c in listed for s in c["snapshots"]]
     assert sum(chosen for *_, chosen in offers) == 1 and sum(c["chosen"] for c in listed) == 1
@@ -121,10 +122,12 @@ def test_snapshots_join_the_selection(tiny, tmp_path, candidates):
     folder = tok if candidates == 1 else tok / "candidates" / str(summary["candidate"])
     files = [folder / s["file"] for s in owner["snapshots"]] + [folder / "learned_embeds.safetensors"]
     assert all(f.is_file() for f in files)
-    chosen = folder / (f"snapshots/epoch{epoch:04d}.safetensors" if epoch else "learned_embeds.safetensors")
+    chosen = folder / ("learned_embeds.safetensors" if epoch is None else f"snapshots/epoch{epoch:04d}.safetensors")
+    if epoch is not None:  # counted from 0 like every epoch in the files (the web demo adds 1 for its page)
+        assert summary["kept_token"].startswith(f"the token after epoch {epoch}'s update (a snapshot")
     assert torch.equal(load_file(tok / "learned_embeds.safetensors")["newclas"], load_file(chosen)["newclas"])
     snaps = [load_file(folder / s["file"])["newclas"] for s in owner["snapshots"]]
-    assert not torch.equal(snaps[0], snaps[1])  # the token moved between epochs 2 and 4
+    assert not torch.equal(snaps[0], snaps[1])  # the token moved between the two snapshots
 
 
 def test_class_batch_gives_the_same_tokens_and_resumes(tiny, tmp_path):

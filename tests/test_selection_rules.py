@@ -11,20 +11,20 @@ def offer(candidate, epoch, selection, loss=1.0):
 def test_each_rule_chooses_by_selection_accuracy_within_its_pool():
     offered = [
         offer(0, None, 0.50),
-        offer(0, 10, 0.60),
-        offer(0, 20, 0.70),
+        offer(0, 9, 0.60),  # the token after epoch 9's update: 10 epochs trained
+        offer(0, 19, 0.70),
         offer(1, None, 0.55, loss=0.5),
-        offer(1, 10, 0.80),
+        offer(1, 9, 0.80),
         offer(2, None, 0.55, loss=0.4),  # ties with candidate 1's kept token: the lower loss wins
     ]
     pick = rules(offered, [10, 20])
     assert pick["single"] == 0  # candidate 0's kept token, whatever the others score
     assert pick["kept"] == 5
-    assert pick["every 10"] == 4  # candidate 1's epoch-10 snapshot
-    assert pick["every 20"] == 2  # epoch 10 is not a multiple of 20
+    assert pick["every 10"] == 4  # candidate 1's snapshot after 10 epochs
+    assert pick["every 20"] == 2  # after 10 epochs is not in every 20
     assert pick["single, every 10"] == 2 and pick["single, every 20"] == 2
 
 
 def test_a_kept_token_wins_a_tie_with_a_snapshot():
-    offered = [offer(0, None, 0.6), offer(0, 10, 0.6)]
+    offered = [offer(0, None, 0.6), offer(0, 9, 0.6)]
     assert rules(offered, [10])["single, every 10"] == 0
