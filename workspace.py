@@ -235,9 +235,8 @@ def keep_best(cfg: RunConfig, sd, runs: list, scores, paths: "ClassPaths") -> di
     if scores is None:
         k, epoch, listing = 0, None, None
     else:
-        where = [(k, e) for k, r in enumerate(runs) for e, _ in offered(r)]
-        accuracies = [a["selection_accuracy"] for s in scores for a in s]
-        k, epoch = where[best_offer([(a, e, runs[k].best_loss) for a, (k, e) in zip(accuracies, where)])]
+        flat = [(j, e, a) for j, (r, s) in enumerate(zip(runs, scores)) for (e, _), a in zip(offered(r), s)]
+        k, epoch, _ = flat[best_offer([(a["selection_accuracy"], e, runs[j].best_loss) for j, e, a in flat])]
         picked = [[(j, e) == (k, epoch) for e, _ in offered(r)] for j, r in enumerate(runs)]
         listing = [candidate_entry(cfg, sd, *row) for row in zip(runs, scores, picked)]
     token = runs[k].kept if epoch is None else runs[k].snapshots[epoch]
@@ -256,19 +255,20 @@ def keep_best(cfg: RunConfig, sd, runs: list, scores, paths: "ClassPaths") -> di
 
 
 def candidate_entry(cfg: RunConfig, sd, run, scores: list[dict], picked: list[bool]) -> dict:
-    """One candidate in train_summary.json, its tokens written beside its log: the kept token and, with
-    --select_every, the snapshots; `scores` and `picked` (the class's token?) follow `offered(run)`."""
+    """One candidate in train_summary.json, its tokens written beside its log (files relative to its folder):
+    the kept token and, with --select_every, the snapshots; `scores` and `picked` (the class's token?)
+    follow `offered(run)`."""
     from train import save_token
 
-    folder = run.log_path.parent
-    if cfg.candidates > 1:
-        save_token(folder / "learned_embeds.safetensors", sd, cfg.placeholder_token, run.kept)
+    folder = run.log_path.parent  # one run: the class's own folder, where learned_embeds is the chosen token
+    kept = folder / ("learned_embeds.safetensors" if cfg.candidates > 1 else "kept_token.safetensors")
+    save_token(kept, sd, cfg.placeholder_token, run.kept)
     snapshots = []
     for (epoch, token), score, chosen in zip(list(run.snapshots.items()), scores[1:], picked[1:]):
         file = folder / "snapshots" / f"epoch{epoch:04d}.safetensors"
         save_token(file, sd, cfg.placeholder_token, token)
         snapshots.append(dict(epoch=epoch, file=str(file.relative_to(folder)), chosen=chosen) | score)
-    entry = run.summary() | scores[0] | dict(chosen=any(picked), kept_token_chosen=picked[0])
+    entry = run.summary() | scores[0] | dict(file=kept.name, chosen=any(picked), kept_token_chosen=picked[0])
     return entry | (dict(snapshots=snapshots) if snapshots else {})
 
 

@@ -36,15 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import VALIDATION_SEED, parse_args  # noqa: E402
 from evaluate import classify, token_images  # noqa: E402
 from train import load_token  # noqa: E402
-from workspace import best_offer, load_classifiers, load_diffusion, quiet_libraries  # noqa: E402
+from workspace import ClassPaths, best_offer, load_classifiers, load_diffusion, quiet_libraries  # noqa: E402
 
 
 def offers(summary: dict, folder: Path) -> list[dict]:
     """Every token the run offered, with what the rules read: candidate, epoch (None: kept), file, accuracy."""
-    out = []
+    out, paths = [], ClassPaths(folder.parent.name, folder, img_dir=Path())  # only the token folder is read
     for k, c in enumerate(summary["candidates"]):
-        base = folder / "candidates" / str(k) if len(summary["candidates"]) > 1 else folder
-        out.append(dict(candidate=k, epoch=None, file=base / "learned_embeds.safetensors", loss=c["best_loss"]))
+        base = paths.candidate_files(k, len(summary["candidates"]))[0].parent
+        out.append(dict(candidate=k, epoch=None, file=base / c["file"], loss=c["best_loss"]))
         out[-1]["selection"] = c["selection_accuracy"]
         for s in c.get("snapshots", []):
             out.append(dict(candidate=k, epoch=s["epoch"], file=base / s["file"], loss=c["best_loss"]))
@@ -97,8 +97,9 @@ def main() -> None:
     runs = [json.loads(p.read_text()) for p in summaries]
     if not runs:
         ap.error(f"no pipeline_token/*/{a.exp_id}/train_summary.json under {a.output_path} (training not finished?)")
-    slots = max(len(s.get("candidates", [])) * (1 + len(s["candidates"][0].get("snapshots", []))) for s in runs)
-    args = ["--preset", "digits", "--candidates", str(max(slots, 1)), "--output_path", a.output_path]
+    classes = [(p, offers(s, p.parent)) for p, s in zip(summaries, runs) if "candidates" in s]  # others: no choice
+    slots = 1 + max((len(o) for _, o in classes), default=0)  # a class's baseline and offers in one generation
+    args = ["--preset", "digits", "--class_batch", str(slots), "--output_path", a.output_path]
     cfg = parse_args([*args, "--device", "cpu", "--eval_seed", str(VALIDATION_SEED), "--test_size", str(a.seeds)])
     quiet_libraries()
     classifiers = load_classifiers(cfg, say_notes=False)
@@ -106,11 +107,8 @@ def main() -> None:
     vit, judge = classifiers["classifier"], classifiers["eval_classifier"]
     seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + a.seeds))
     report = []
-    for path, summary in zip(summaries, runs):
-        if "candidates" not in summary:
-            continue  # a class stopped at once: nothing was chosen
+    for path, offered in classes:
         index, name = int(path.parts[-3].split("_")[0]) - 1, path.parts[-3].split("_", 1)[1]
-        offered = offers(summary, path.parent)
         tokens = [(load_token(o["file"], sd, cfg.placeholder_token), name) for o in offered]
         base = [(sd.init_embedding, name)]  # the initializer's row: S_c's slot holds the baseline word
         scored = []

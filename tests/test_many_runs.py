@@ -130,6 +130,28 @@ def test_snapshots_join_the_selection(tiny, tmp_path, candidates):
     assert not torch.equal(snaps[0], snaps[1])  # the token moved between the two snapshots
 
 
+def test_one_runs_kept_token_is_kept_when_a_snapshot_wins(tiny, tmp_path, monkeypatch):
+    """--candidates 1 --select_every: learned_embeds is the chosen token, so the run's kept token goes to
+    kept_token.safetensors; here the selection is rigged so that the last snapshot wins."""
+    from safetensors.torch import load_file
+
+    import evaluate
+
+    def rigged(cfg, sd, clf, options):
+        return [dict(selection_accuracy=float(i == len(options) - 1), selection_ci=[0, 1]) for i in range(len(options))]
+
+    monkeypatch.setattr(evaluate, "selection_accuracies", rigged)
+    out = tmp_path / "out"
+    args = tiny_args(tiny, out, "--select_every", "2", "--num_train_epochs", "4", "--lr", "0.5", "--evaluate", "False")
+    assert main(args) == 0
+    tok = out / "pipeline_token" / "2_tiger_cat" / "default"
+    entry = json.loads((tok / "train_summary.json").read_text())["candidates"][0]
+    assert entry["file"] == "kept_token.safetensors" and (tok / entry["file"]).is_file()
+    assert entry["snapshots"][-1]["chosen"] and not entry["kept_token_chosen"]
+    chosen = load_file(tok / entry["snapshots"][-1]["file"])["newclas"]
+    assert torch.equal(load_file(tok / "learned_embeds.safetensors")["newclas"], chosen)
+
+
 def test_class_batch_gives_the_same_tokens_and_resumes(tiny, tmp_path):
     batched, apart = tmp_path / "batched", tmp_path / "apart"
     assert main(tiny_args(tiny, batched, "--class_index", "1-3", "--class_batch", "2")) == 0
