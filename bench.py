@@ -50,6 +50,7 @@ from train import (
     CPU_FORWARD,
     epoch_gradient,
     epoch_step,
+    forward_size,
     make_scaler,
     micro_batch_size,
     new_run,
@@ -252,6 +253,7 @@ def bench_class_batch(sd, clf, cfg: RunConfig, runs: int, folder: Path, **kw) ->
     ]
     for k, run in enumerate(made):
         run.slot = k
+    sd.forward_limit = 0  # each row finds its own fit (epoch_step halves it after an out-of-memory error)
     try:
         res = measure(lambda: epoch_step(cfg, sd, clf, made, 0, clf.labels), runs * cfg.epoch_size, sd.device, **kw)
     finally:
@@ -261,7 +263,7 @@ def bench_class_batch(sd, clf, cfg: RunConfig, runs: int, folder: Path, **kw) ->
         res,
         runs=runs,
         combined_batch=runs * cfg.epoch_size,
-        micro_batch_size=micro_batch_size(cfg, sd.device, runs),
+        micro_batch_size=forward_size(cfg, sd, runs),
         gradient_checkpointing=cfg.gradient_checkpointing,
         steps=cfg.num_of_SD_inference_steps,
         dtype=str(sd.dtype),

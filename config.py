@@ -71,7 +71,7 @@ class RunConfig:
     # --- training (docs/original.md §2) ---
     num_train_epochs: int = 50  # at most this many epochs, one optimizer step each
     epoch_size: int = 5  # images per epoch; the same epoch_size starting noises every epoch
-    batch_size: int = 0  # images per forward pass; 0 = auto (the whole epoch, or what fits in GPU memory)
+    batch_size: int = 0  # images per forward; 0 = auto (the epoch, or what fits in GPU memory: halved on out-of-memory)
     gradient_accumulation_steps: int = 0  # micro-batches per epoch; 0 = derived from batch_size
     number_of_prompts: int = 3  # how many of the original's 31 templates (prompt_datasets.TEMPLATES) are used
     early_stopping: int = 15  # as the original: stop after early_stopping + 1 epochs without loss improvement

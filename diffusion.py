@@ -37,6 +37,7 @@ class SD:
     dtype: torch.dtype  # the denoiser's dtype (and the VAE's, except an SDXL VAE kept in fp32 for fp16)
     height: int  # image size in pixels
     width: int
+    forward_limit: int = 0  # training images per forward known to fit after an out-of-memory error (0: none)
 
     def __getattr__(self, name):  # sd.unet, sd.transformer, sd.vae, sd.tokenizer, sd.text_encoder, sd.scheduler
         return getattr(self.pipe, name)

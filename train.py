@@ -63,21 +63,25 @@ def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, targets, cfg):
 CPU_FORWARD = 64  # images per forward on the CPU when several runs train together
 
 
-def micro_batch_size(cfg, device: torch.device, runs: int = 1) -> int:
+def micro_batch_size(cfg, device: torch.device, runs: int = 1, limit: int = 0) -> int:
     """Images per forward pass: `batch_size`, or automatically: on the CPU one run's whole epoch, or 64
     images for several runs (larger forwards were slower per image on 2 cores); on a GPU as many
     images as free memory allows, from the measurements at 512 px in docs/performance.md (about 4 GiB
     fixed, 3.4 GiB per image with checkpointing, 4.4 without), scaled by pixels and gradient steps.
+    `limit`: at most that many (what fitted after an out-of-memory error, `epoch_step`).
     With several runs, `batch_size` counts one run's images; forwards hold that many from each run."""
     total = cfg.epoch_size * runs
     if cfg.batch_size:
         return min(cfg.batch_size, cfg.epoch_size) * runs
-    if device.type != "cuda":  # per image, 64 measured fastest on 2 cores (docs/performance.md)
+    if device.type != "cuda" and not limit:  # per image, 64 measured fastest on 2 cores (docs/performance.md)
         return min(total, max(cfg.epoch_size, CPU_FORWARD))
-    free_gib = torch.cuda.mem_get_info(device)[0] / 2**30
-    per_image = (3.4 if cfg.gradient_checkpointing else 4.4) * cfg.height * cfg.width / 512**2
-    per_image *= 1 + 0.1 * (cfg.grad_steps - 1)
-    fits = max(1, min(total, int((0.9 * free_gib - 4) / per_image)))
+    fits = min(total, max(cfg.epoch_size, CPU_FORWARD))
+    if device.type == "cuda":
+        free_gib = torch.cuda.mem_get_info(device)[0] / 2**30
+        per_image = (3.4 if cfg.gradient_checkpointing else 4.4) * cfg.height * cfg.width / 512**2
+        per_image *= 1 + 0.1 * (cfg.grad_steps - 1)
+        fits = max(1, min(total, int((0.9 * free_gib - 4) / per_image)))
+    fits = min(fits, limit or fits)
     n = -(-total // fits)  # fewest micro-batches, balanced: 5 -> 3 + 2, not 4 + 1
     return -(-total // n)
 
@@ -264,16 +268,37 @@ def train_runs(cfg, sd, clf, runs: list[Run], labels: list[str], on_epoch=None, 
 
 
 def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str]) -> list[tuple]:
-    """One epoch of every live run: image j of every run shares micro-step j's forward (so batch 1 per
-    run with accumulation is exactly the original's micro-step order); each image's loss is weighted by
-    its run's loss scale / epoch_size, so each token's gradient is that of its epoch's mean loss."""
+    """One epoch of every live run (`epoch_pass`). With an automatic batch size, running out of memory
+    halves the images per forward for the rest of training and redoes the epoch from zeroed gradients:
+    the same gradient, accumulated in smaller pieces (the memory model is SD 1.4's; other models differ)."""
+    while True:
+        per_forward = forward_size(cfg, sd, len(runs))
+        try:
+            return epoch_pass(cfg, sd, clf, runs, epoch, labels, per_forward)
+        except torch.cuda.OutOfMemoryError:
+            if cfg.batch_size or per_forward == 1:
+                raise
+        sd.forward_limit = per_forward // 2  # outside the except block: its traceback held the activations
+        if sd.device.type == "cuda":
+            torch.cuda.empty_cache()
+        warnings.warn(f"out of memory at {per_forward} images per forward; now {sd.forward_limit}", stacklevel=2)
+
+
+def forward_size(cfg, sd, runs: int = 1) -> int:
+    """The images per training forward that `epoch_step` uses now."""
+    return micro_batch_size(cfg, sd.device, runs, sd.forward_limit)
+
+
+def epoch_pass(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str], per_forward: int) -> list[tuple]:
+    """Image j of every run shares micro-step j's forward (so batch 1 per run with accumulation is
+    exactly the original's micro-step order); each image's loss is weighted by its run's loss scale /
+    epoch_size, so each token's gradient is that of its epoch's mean loss."""
     inputs = [run.epoch_inputs(sd, epoch) for run in runs]
     for run in runs:
         run.opt.zero_grad(set_to_none=True)
         run.clips = []
         sd.values[run.slot] = run.token
     items = [(k, j) for j in range(cfg.epoch_size) for k in range(len(runs))]
-    per_forward = micro_batch_size(cfg, sd.device, len(runs))
     # Each run's loss weight; its scale changes only in finish_epoch, so one read (a host sync) per epoch.
     weights = [_scale(run.scaler, sd.device) / cfg.epoch_size for run in runs]
     losses, preds, images = ([[None] * cfg.epoch_size for _ in runs] for _ in range(3))
@@ -337,7 +362,7 @@ def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> d
     train_runs(cfg, sd, clf, [run], clf.labels, callback, desc=paths.dir_name)
     set_token(sd, run.kept)
     save_token(paths.token, sd, cfg.placeholder_token, run.kept)
-    return run.summary() | dict(micro_batch_size=micro_batch_size(cfg, sd.device))
+    return run.summary() | dict(micro_batch_size=forward_size(cfg, sd))
 
 
 def new_run(cfg, sd, target: int, name: str, log_path: Path, img_dir: Path, seed: int, label: str = "") -> Run:

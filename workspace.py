@@ -138,7 +138,7 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     together; with several candidates, keep per class the one most accurate on the selection seeds
     (judged by the training classifier only). Writes config.json before, the tokens and
     train_summary.json after."""
-    from train import micro_batch_size, new_run, train_runs
+    from train import forward_size, new_run, train_runs
 
     runs = []
     for c, name, paths in jobs:
@@ -159,7 +159,7 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     summaries = []
     for mine, score, (_c, _name, paths) in zip(per_class, scores, jobs):
         summary = keep_best(cfg, sd, mine, score, paths)
-        summary |= dict(micro_batch_size=micro_batch_size(cfg, sd.device, len(runs)), runs_together=len(runs))
+        summary |= dict(micro_batch_size=forward_size(cfg, sd, len(runs)), runs_together=len(runs))
         write_json(paths.train_summary, summary | {"process": process})
         summaries.append(summary)
     return summaries

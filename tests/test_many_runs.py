@@ -61,6 +61,43 @@ def test_each_run_keeps_its_own_loss_scale_in_fp16(tiny, tmp_path, monkeypatch):
     assert torch.equal(runs[0].token.detach(), runs[0].init) and not torch.equal(runs[1].token.detach(), runs[1].init)
 
 
+def _out_of_memory_above(limit: int, monkeypatch):
+    """train_step runs out of memory on forwards of more than `limit` images, after leaving a gradient
+    behind (a backward can fail after some gradient reached the tokens)."""
+    import train
+
+    real = train.train_step
+
+    def step(sd, clf, prompts, *rest):
+        if len(prompts) > limit:
+            for value in sd.values:
+                if isinstance(value, torch.nn.Parameter):
+                    value.grad = torch.full_like(value, 1e3)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(sd, clf, prompts, *rest)
+
+    monkeypatch.setattr(train, "train_step", step)
+
+
+def test_out_of_memory_halves_the_forward_and_redoes_the_epoch(tiny, tmp_path, monkeypatch):
+    """Automatic batch size: 3 runs x 2 images fail as one forward of 6; the epoch is redone from zeroed
+    gradients with 3 images per forward, exactly the forwards of --batch_size 1 (one image of each run)."""
+    reference = _train(tiny, tmp_path / "ref", RUNS, batch_size=1)
+    _out_of_memory_above(3, monkeypatch)
+    with pytest.warns(UserWarning, match="out of memory at 6 images per forward; now 3"):
+        adapted = _train(tiny, tmp_path / "oom", RUNS)
+    for a, b in zip(adapted, reference):
+        assert [e["loss"] for e in a.log] == pytest.approx([e["loss"] for e in b.log], rel=1e-6)
+        assert torch.allclose(a.kept, b.kept, atol=1e-6), (a.kept - b.kept).abs().max()
+
+
+def test_out_of_memory_at_a_chosen_batch_size_is_the_users_to_fix(tiny, tmp_path, monkeypatch):
+    """An explicit --batch_size is kept: the error reaches run.py, which names the flags to lower."""
+    _out_of_memory_above(3, monkeypatch)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        _train(tiny, tmp_path, RUNS, batch_size=2)
+
+
 def test_make_scaler_is_per_run(tiny):
     sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float16, (16, 16), "newclas", "a")
     cfg = parse_args(["--device", "cpu"])
