@@ -2,6 +2,7 @@
 added to its text encoders, prompt encoding, the one denoising loop used by training and generation,
 decoding, and the token files."""
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -38,6 +39,7 @@ class SD:
     height: int  # image size in pixels
     width: int
     forward_limit: int = 0  # training images per forward known to fit after an out-of-memory error (0: none)
+    generate_limit: int = 0  # the same for generation
 
     def __getattr__(self, name):  # sd.unet, sd.transformer, sd.vae, sd.tokenizer, sd.text_encoder, sd.scheduler
         return getattr(self.pipe, name)
@@ -400,16 +402,28 @@ def decode(sd: SD, latents: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def generate(sd: SD, prompt, seeds: list[int], steps: int, guidance: float, batch_size: int) -> torch.Tensor:
     """Images [N, 3, H, W] in [0, 1] on the CPU, one per seed, for one prompt or one prompt per seed
-    (several classes at once); batched, identical per seed to batch-1 generation (tests/test_batching.py)."""
+    (several classes at once); batched, identical per seed to batch-1 generation (tests/test_batching.py),
+    so running out of GPU memory halves the batch for the rest of the session and retries, with a warning."""
     prompts = [prompt] * len(seeds) if isinstance(prompt, str) else list(prompt)
     uncond1 = unconditional(sd)
     conds = {p: encode(sd, [p]) for p in dict.fromkeys(prompts)}
-    out = []
-    for i in range(0, len(seeds), batch_size):
-        chunk = seeds[i : i + batch_size]
-        latents = initial_noise(sd, seeds=chunk)
-        cond = Prompt.cat([conds[p] for p in prompts[i : i + batch_size]])
-        uncond = None if uncond1 is None else uncond1.expand(len(chunk))
-        latents = denoise(sd, latents, cond, uncond, steps, guidance)
-        out.append(decode(sd, latents).clamp(0, 1).cpu())  # as the pipeline returns them
+    out, i = [], 0
+    while i < len(seeds):
+        size = min(batch_size, sd.generate_limit or batch_size)
+        chunk = seeds[i : i + size]
+        try:
+            latents = initial_noise(sd, seeds=chunk)
+            cond = Prompt.cat([conds[p] for p in prompts[i : i + size]])
+            uncond = None if uncond1 is None else uncond1.expand(len(chunk))
+            latents = denoise(sd, latents, cond, uncond, steps, guidance)
+            out.append(decode(sd, latents).clamp(0, 1).cpu())  # as the pipeline returns them
+            i += len(chunk)
+            continue
+        except torch.cuda.OutOfMemoryError:
+            if len(chunk) == 1:
+                raise
+        sd.generate_limit = len(chunk) // 2  # outside the except block: its traceback held the activations
+        if sd.device.type == "cuda":
+            torch.cuda.empty_cache()
+        warnings.warn(f"out of memory generating {len(chunk)} images at once; now {sd.generate_limit}", stacklevel=2)
     return torch.cat(out)

@@ -86,9 +86,32 @@ def test_batched_generation_matches_batch_one_and_diffusers(tiny):
             for s in seeds
         ]
     )
-    # The pipeline clamps its output to [0, 1]; generate() leaves the decoded values unclamped.
-    torch.testing.assert_close(batched.clamp(0, 1), reference, rtol=0, atol=IMAGE_ATOL)
+    torch.testing.assert_close(batched, reference, rtol=0, atol=IMAGE_ATOL)
     assert not torch.equal(batched[0], batched[1])  # different seeds, different images
+
+
+def test_generation_out_of_memory_halves_the_batch(tiny, monkeypatch):
+    """A batch of more than 2 images runs out of memory: generation retries in halves, keeps the smaller
+    batch for later calls, and gives the same images as batch 1."""
+    import diffusion
+
+    sd, real = _sd(tiny), diffusion.denoise
+
+    def denoise(sd, latents, *rest):
+        if len(latents) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(sd, latents, *rest)
+
+    seeds = [0, 1, 2, 3, 4]
+    single = generate(sd, "A photo of a tiger cat", seeds, 3, 5.0, batch_size=1)
+    monkeypatch.setattr(diffusion, "denoise", denoise)
+    with pytest.warns(UserWarning, match="out of memory generating 5 images at once; now 2"):
+        halved = generate(sd, "A photo of a tiger cat", seeds, 3, 5.0, batch_size=8)
+    torch.testing.assert_close(halved, single, rtol=0, atol=IMAGE_ATOL)
+    assert sd.generate_limit == 2
+    monkeypatch.setattr(diffusion, "denoise", lambda *a: pytest.fail("a batch of 1 must not be retried"))
+    with pytest.raises(pytest.fail.Exception):
+        generate(sd, "A photo of a tiger cat", [0], 3, 5.0, batch_size=1)
 
 
 def test_auto_micro_batch_is_balanced_and_fits(monkeypatch):
@@ -105,3 +128,7 @@ def test_auto_micro_batch_is_balanced_and_fits(monkeypatch):
         assert micro_batch_size(cfg, torch.device("cuda")) == expected, free
     assert micro_batch_size(cfg, torch.device("cpu")) == 5
     assert micro_batch_size(RunConfig(batch_size=2).finalize(), torch.device("cpu")) == 2
+    assert micro_batch_size(cfg, torch.device("cpu"), runs=3, limit=4) == 4  # 15 images: 4 + 4 + 4 + 3
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (80 * gib, 80 * gib))
+    assert micro_batch_size(cfg, torch.device("cuda"), runs=3) == 15
+    assert micro_batch_size(cfg, torch.device("cuda"), runs=3, limit=4) == 4
