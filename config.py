@@ -35,7 +35,7 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 # - test: eval_seed = TEST_SEED, ..: only for reporting; the digits preset evaluates here. (10000..10099
 #   were spent: a first choice of preset was run on them and dropped, docs/digits.md; so the test range
 #   moved to untouched seeds.)
-# (`--generate` images use evaluate.GENERATE_SEED_OFFSET = 1,000,000 and up.) The SD 1.4 default keeps the
+# (`--generate` images use GENERATE_SEED_OFFSET and up.) The SD 1.4 default keeps the
 # original's seeds 0..9 (docs/original.md §6), the paper's protocol.
 # - selection: candidates (--candidates K) and snapshots (--select_every N) are compared on SELECTION_SEED ..
 #   + select_size - 1 by the training classifier; candidate k > 0 trains from seed + k * CANDIDATE_SEED_STRIDE
@@ -43,6 +43,7 @@ CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 VALIDATION_SEED = 1000
 TEST_SEED = 20000
 SELECTION_SEED = 500_000
+GENERATE_SEED_OFFSET = 1_000_000  # --generate seeds never overlap evaluation seeds
 CANDIDATE_SEED_STRIDE = 1_000_000_000
 
 
@@ -54,7 +55,7 @@ class RunConfig:
     train: bool = True  # train the class token
     evaluate: bool = True  # compare "A photo of S_c <class>" with "A photo of a <class>"
     generate: int = 0  # after training, write this many images per class with the token (ImageFolder layout)
-    preset: str = ""  # digits: the shipped miniature world (digits/); original: the original code's run; flags win
+    preset: str = ""  # named settings, e.g. digits (the shipped miniature world), original, sdxl-turbo; a,b: in order
     exp_id: str = "default"  # names the run's folder under pipeline_token/<class>/ and img/<class>/
     output_path: str = "."  # pipeline_token/, img/, generated/ and results.csv are written here
     skip_exists: bool = False  # skip classes whose token (and metrics, when evaluating) already exist
@@ -360,6 +361,8 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         if name not in PRESETS:
             raise UsageError(f"--preset {given['preset']!r}: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
         values |= PRESETS[name]
+    if not (values | given).get("train", True) and "select_every" not in given:
+        values.pop("select_every", None)  # a preset's snapshots are taken while training: none without it
     return RunConfig(**values | given).finalize()
 
 
@@ -381,6 +384,14 @@ def markdown() -> str:
             default = next(f.default for f in dataclasses.fields(RunConfig) if f.name == name[1])
             cell = helps[name[1]].replace("|", "/")
             lines.append(f"| `--{name[1]}` | {f'`{default}`' if default != '' else '(empty)'} | {cell} |")
+    lines += ["", "## Seed ranges", "", "Disjoint, so that a reported number comes from seeds that neither training"]
+    lines += ['nor the choice of settings saw (docs/digits.md "Seeds"):', ""]
+    lines += [f"- training noises: from `--seed` (candidate k > 0: seed + k x {CANDIDATE_SEED_STRIDE:_});"]
+    lines += [f"- validation: `--eval_seed {VALIDATION_SEED}`: the seeds on which settings are chosen;"]
+    lines += [f"- test: `--eval_seed {TEST_SEED}` (the digits preset's): only for reporting;"]
+    lines += [f"- selection: {SELECTION_SEED:_} + 0 .. `select_size` - 1: candidates and snapshots are compared here;"]
+    lines += [f"- `--generate`: from {GENERATE_SEED_OFFSET:_} up."]
+    lines += ["", "The SD 1.4 default evaluates seeds 0..9, the paper's protocol (docs/original.md §6)."]
     lines += ["", "## Presets", "", "| preset | values |", "| --- | --- |"]
     for preset, values in PRESETS.items():
         rel = {

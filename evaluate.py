@@ -8,13 +8,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from config import GENERATE_SEED_OFFSET
 from diffusion import generate, precision, safety_checked, set_token
 from prompt_datasets import EVAL_TEMPLATE, class_prompt
 from stats import frechet_distance, paired_gain, wilson
 from train import load_token
-from utils import UsageError, comparison_grid, save_image, write_json
-
-GENERATE_SEED_OFFSET = 1_000_000  # --generate seeds never overlap evaluation seeds
+from utils import UsageError, comparison_grid, empty_dir, save_image, write_json
 
 
 @torch.no_grad()
@@ -73,6 +72,7 @@ def judge_class(cfg, classifiers: dict, target: int, name: str, paths, generated
         preds = metrics[main][f"{kind}_predictions"]
         labels = classifiers[main].labels
         files = [f"eval/{kind}/seed{seed:05d}_{p}_{labels[p]}.png" for seed, p in zip(seeds, preds)]
+        empty_dir(paths.img_dir / "eval" / kind)  # an earlier evaluation's images carry other predictions
         for f, im in zip(files, images):
             save_image(paths.img_dir / f, im)
         metrics.setdefault("images", {})[kind] = files  # relative to the class's img folder, in seed order

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -65,9 +66,9 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp and safetensors make 0600 files; outputs get the usual ones
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -79,6 +80,16 @@ def remove_stale_tmp(*dirs: Path) -> None:
     for d in dirs:
         for p in Path(d).rglob(".*.tmp*") if Path(d).exists() else []:
             p.unlink(missing_ok=True)
+
+
+def empty_dir(path) -> None:
+    """Remove what a run's own folder holds, so that no file of an earlier run stays beside the new
+    ones (the folder itself stays: the web demo claims run names by creating it)."""
+    for child in Path(path).iterdir() if Path(path).is_dir() else []:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def write_text(path, text: str) -> None:

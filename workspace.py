@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from config import RunConfig
-from utils import UsageError, class_dir_name, write_json
+from utils import UsageError, class_dir_name, empty_dir, write_json
 
 
 @dataclass
@@ -142,6 +142,8 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
 
     runs = []
     for c, name, paths in jobs:
+        empty_dir(paths.token_dir)  # a class trained again: nothing of its earlier run stays beside the new one
+        empty_dir(paths.img_dir)
         write_json(paths.config, cfg.to_dict())
         for k in range(cfg.candidates):
             log, img = paths.candidate_files(k, cfg.candidates)

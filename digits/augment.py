@@ -18,7 +18,7 @@ toward them. It is tested on the 360 held-out real digits (all ten digits, and t
 digits apart). Each setting is repeated over seeds that draw which k real images are used (the same
 draws for every row); the table gives the mean accuracy with a 95% Student t interval over seeds, and token minus
 baseline with a paired t interval (the same draws). Generated images use seeds from 1,000,000
-(evaluate.GENERATE_SEED_OFFSET), apart from training, validation and test seeds. Prints a markdown
+(config.GENERATE_SEED_OFFSET), apart from training, validation and test seeds. Prints a markdown
 table and writes it as JSON (<run>/augment.json).
 """
 

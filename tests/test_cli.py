@@ -45,7 +45,8 @@ def test_end_to_end_writes_every_output(tiny, tmp_path, capsys):
         assert named == set((img / "eval" / kind).glob("*.png")) and len(named) == 2
     assert "2,tiger cat,default," in (out / "results.csv").read_text()
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"
-    assert (img / "grid.png").stat().st_mode & 0o044 == 0o044  # readable by others, not mkstemp's 0600
+    for f in (img / "grid.png", tok / "learned_embeds.safetensors", tok / "metrics.json"):
+        assert f.stat().st_mode & 0o044 == 0o044, f  # readable by others, not mkstemp's or safetensors' 0600
     assert "baseline" in capsys.readouterr().out
 
 

@@ -80,6 +80,16 @@ def test_preset_fills_values_and_explicit_flags_win():
     assert cfg.test_size == 7 and cfg.classes == [1]
 
 
+def test_a_presets_snapshots_need_no_flag_to_evaluate_only(tmp_path):
+    """The digits preset takes snapshots while training; evaluating its tokens (--train False) must not ask
+    the user to switch off a flag they never gave, while an explicit --select_every still does."""
+    out = ["--output_path", str(tmp_path)]
+    assert parse_args(["--preset", "digits", "--train", "False", *out]).select_every == 0
+    assert parse_args(["--preset", "digits", *out]).select_every == PRESETS["digits"]["select_every"] > 0
+    with pytest.raises(UsageError, match="--select_every 10: needs --train True"):
+        parse_args(["--preset", "digits", "--train", "False", "--select_every", "10", *out])
+
+
 def test_accumulation_derives_the_micro_batch():
     assert parse_args(["--gradient_accumulation_steps", "5"]).batch_size == 1
     with pytest.raises(UsageError, match="gradient_accumulation_steps"):

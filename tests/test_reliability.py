@@ -112,3 +112,25 @@ def test_kill_9_leaves_no_broken_file_and_a_rerun_finishes(tiny, tmp_path):
     _all_files_readable(out)
     assert not list(out.rglob(".*.tmp*")), "temporary files left after the rerun"
     assert (out / "pipeline_token" / "2_tiger_cat" / "default" / "metrics.json").is_file()
+
+
+def test_a_class_trained_again_keeps_nothing_of_its_earlier_run(tiny, tmp_path):
+    """The same class and --exp_id trained again: the earlier run's snapshots, kept token, training and
+    evaluation images are gone; evaluating again with other seeds replaces the evaluation images."""
+    assert run.main(tiny_args(tiny, tmp_path, "--select_every", "1")) == 0
+    token_dir = next((tmp_path / "pipeline_token").glob("*/default"))
+    img_dir = tmp_path / "img" / token_dir.parent.name / "default"
+    assert (token_dir / "snapshots").is_dir() and (token_dir / "kept_token.safetensors").exists()
+
+    assert run.main(tiny_args(tiny, tmp_path, "--num_train_epochs", "1", "--test_size", "3", "--eval_seed", "9")) == 0
+    assert sorted(p.name for p in token_dir.iterdir()) == sorted(
+        ["config.json", "learned_embeds.safetensors", "metrics.json", "train_log.jsonl", "train_summary.json"]
+        + ["train_curve.png"]
+    )
+    assert len(list((img_dir / "train").glob("*.png"))) == 2  # one epoch of 2 images
+    for kind in ("baseline", "token"):
+        names = sorted(p.name[:9] for p in (img_dir / "eval" / kind).iterdir())
+        assert names == ["seed00009", "seed00010", "seed00011"]
+
+    assert run.main(tiny_args(tiny, tmp_path, "--train", "False", "--test_size", "1", "--eval_seed", "40")) == 0
+    assert [p.name[:9] for p in (img_dir / "eval" / "token").iterdir()] == ["seed00040"]

@@ -7,8 +7,7 @@ import math
 import pytest
 from conftest import tiny_args
 
-from config import PRESETS, TEST_SEED, VALIDATION_SEED, RunConfig, parse_args
-from evaluate import GENERATE_SEED_OFFSET
+from config import GENERATE_SEED_OFFSET, PRESETS, TEST_SEED, VALIDATION_SEED, RunConfig, parse_args
 from report import bounds, format_table, mean_gains, report_line
 from run import main
 from stats import mean_interval, paired_gain, wilson
