@@ -217,6 +217,7 @@ def bench_train(sd, clf, cfg: RunConfig, full: bool = False, **kw) -> dict:
     """One epoch as train.train_class runs it: micro-batches of train_step, each loss / epoch_size
     backpropagated into the token (accumulated), so every case computes the same gradient. `full`:
     train_class itself for one epoch (adds the optimizer step, the training PNGs and the log)."""
+    sd.forward_limit = 0  # each row finds its own fit (train.epoch_step)
     bs = micro_batch_size(cfg, sd.device)
     prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
     noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
@@ -229,6 +230,7 @@ def bench_train(sd, clf, cfg: RunConfig, full: bool = False, **kw) -> dict:
         epoch_gradient(sd, clf, prompts, noise, TARGET, cfg, bs, scaler)
 
     res = measure(epoch, cfg.epoch_size, sd.device, **kw)
+    bs = forward_size(cfg, sd) if full else bs  # train_class may have halved it after running out of memory
     return dict(res, micro_batch_size=bs, steps=cfg.num_of_SD_inference_steps, dtype=str(sd.dtype))
 
 

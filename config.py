@@ -275,7 +275,7 @@ def _validate(cfg: RunConfig) -> None:
     need(cfg.classifier_pooling in ("auto", "cls", "mean"), "classifier_pooling", "allowed: auto, cls, mean")
     need(cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"), "device", "auto|cpu|cuda[:N]")
     need(bool(cfg.placeholder_token.strip()), "placeholder_token", "must not be empty")
-    need(bool(cfg.exp_id) and "/" not in cfg.exp_id, "exp_id", "must be a non-empty name without '/'")
+    need(cfg.exp_id not in ("", ".", "..") and not set("/\\") & set(cfg.exp_id), "exp_id", "must be a folder name")
     need(cfg.train or cfg.evaluate or cfg.generate > 0, "train", "nothing to do: train, evaluate and generate are off")
     need(not cfg.generate_baseline or cfg.generate > 0, "generate_baseline", "needs --generate N")
     need(not cfg.fid_reference or Path(cfg.fid_reference).is_dir(), "fid_reference", "no such folder")

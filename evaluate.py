@@ -1,5 +1,7 @@
 """Evaluation (token prompt vs baseline prompt on the same seeds) and data generation."""
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -219,10 +221,18 @@ def frechet_to_reference(cfg, classifiers: dict, generated: dict, folder: Path, 
 
 def generate_dataset(cfg, sd, name: str, paths, out_dir: Path, token: bool = True) -> int:
     """`cfg.generate` images with the token (or, token=False, the baseline prompt "A photo of a <class>") into
-    an ImageFolder class folder; files already there are kept, so an interrupted run resumes."""
-    if token:
-        set_token(sd, load_token(paths.token, sd, cfg.placeholder_token))
+    an ImageFolder class folder; files already there are kept, so an interrupted run resumes, unless
+    `source.json` says another token or setting made them (e.g. the class was trained again)."""
+    value = load_token(paths.token, sd, cfg.placeholder_token) if token else None
+    if value is not None:
+        set_token(sd, value)
     prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token if token else cfg.initializer_token, name)
+    source = dict(prompt=prompt, sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
+    source["token_sha256"] = None if value is None else hashlib.sha256(value.cpu().numpy().tobytes()).hexdigest()
+    stamp = out_dir / "source.json"
+    if not stamp.exists() or json.loads(stamp.read_text()) != source:  # another token or setting made those
+        empty_dir(out_dir)
+        write_json(stamp, source)
     todo = [s for s in range(cfg.generate) if not (out_dir / f"{s:05d}.png").exists()]
     for i in tqdm(range(0, len(todo), cfg.eval_batch_size), desc=f"generate {paths.dir_name}", leave=False):
         chunk = todo[i : i + cfg.eval_batch_size]

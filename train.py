@@ -270,13 +270,15 @@ def train_runs(cfg, sd, clf, runs: list[Run], labels: list[str], on_epoch=None, 
 def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str]) -> list[tuple]:
     """One epoch of every live run (`epoch_pass`). With an automatic batch size, running out of memory
     halves the images per forward for the rest of training and redoes the epoch from zeroed gradients:
-    the same gradient, accumulated in smaller pieces (the memory model is SD 1.4's; other models differ)."""
+    the same gradient, accumulated in smaller pieces (the memory model is SD 1.4's; other models differ).
+    Nothing of a failed pass is kept: the optimizer, scaler and log change only after a whole epoch."""
     while True:
         per_forward = forward_size(cfg, sd, len(runs))
         try:
             return epoch_pass(cfg, sd, clf, runs, epoch, labels, per_forward)
         except torch.cuda.OutOfMemoryError:
-            if cfg.batch_size or per_forward == 1:
+            # The original's clip sequence and prompt padding depend on the split: no silent change there.
+            if cfg.batch_size or cfg.clip_before_backward or cfg.pad_to_longest or per_forward == 1:
                 raise
         sd.forward_limit = per_forward // 2  # outside the except block: its traceback held the activations
         if sd.device.type == "cuda":
@@ -315,9 +317,10 @@ def epoch_pass(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str], per
         (loss * weight.to(loss.dtype)).sum().backward()
         for (k, j), value, p, im in zip(chunk, loss.tolist(), pred.tolist(), batch.cpu()):
             losses[k][j], preds[k][j], images[k][j] = value, p, im
-            save_image(runs[k].img_dir / f"e{epoch:03d}_{j:02d}_{p}_{labels[p]}.png", im, compress_level=1)
-    for run in runs:
+    for k, run in enumerate(runs):  # written once the whole epoch has run (a pass can fail: epoch_step)
         sd.values[run.slot] = run.token.detach()
+        for j, (p, im) in enumerate(zip(preds[k], images[k])):
+            save_image(run.img_dir / f"e{epoch:03d}_{j:02d}_{p}_{labels[p]}.png", im, compress_level=1)
     return [(sum(lo) / cfg.epoch_size, pr, torch.stack(im)) for lo, pr, im in zip(losses, preds, images)]
 
 

@@ -109,9 +109,16 @@ def test_generation_out_of_memory_halves_the_batch(tiny, monkeypatch):
         halved = generate(sd, "A photo of a tiger cat", seeds, 3, 5.0, batch_size=8)
     torch.testing.assert_close(halved, single, rtol=0, atol=IMAGE_ATOL)
     assert sd.generate_limit == 2
-    monkeypatch.setattr(diffusion, "denoise", lambda *a: pytest.fail("a batch of 1 must not be retried"))
-    with pytest.raises(pytest.fail.Exception):
+    calls = []
+
+    def always_out_of_memory(*args):
+        calls.append(args)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(diffusion, "denoise", always_out_of_memory)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
         generate(sd, "A photo of a tiger cat", [0], 3, 5.0, batch_size=1)
+    assert len(calls) == 1  # a batch of 1 is not retried
 
 
 def test_auto_micro_batch_is_balanced_and_fits(monkeypatch):

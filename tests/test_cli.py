@@ -75,6 +75,8 @@ def test_evaluate_only_reuses_the_saved_token(tiny, tmp_path):
         (["--test_size", "0"], "--test_size 0"),
         (["--height", "20"], "--height 20: must be a positive multiple of 8"),
         (["--preset", "nope"], "--preset 'nope'"),
+        (["--exp_id", ".."], "--exp_id '..': must be a folder name"),  # would empty pipeline_token/ itself
+        (["--exp_id", "a/b"], "--exp_id 'a/b': must be a folder name"),
         (["--class_index", "4", "--train", "False"], "has no trained token"),
         (["--placeholder_token", "a"], "--placeholder_token 'a': already in the vocabulary"),
         (["--initializer_token", "tiger cat"], "--initializer_token 'tiger cat': must be one token"),

@@ -91,11 +91,48 @@ def test_out_of_memory_halves_the_forward_and_redoes_the_epoch(tiny, tmp_path, m
         assert torch.allclose(a.kept, b.kept, atol=1e-6), (a.kept - b.kept).abs().max()
 
 
-def test_out_of_memory_at_a_chosen_batch_size_is_the_users_to_fix(tiny, tmp_path, monkeypatch):
-    """An explicit --batch_size is kept: the error reaches run.py, which names the flags to lower."""
+def test_a_failed_pass_leaves_no_training_image(tiny, tmp_path, monkeypatch):
+    """Epoch 0: 6 images fail; of the pass with 3 per forward, the first forward succeeds (here with other
+    predictions, as another split can give) and the second fails; the epoch is redone with 1 per forward.
+    Only the redone epoch's images are written, named by the predictions in the log."""
+    import train
+
+    real, sizes = train.train_step, []
+
+    def step(sd, clf, prompts, *rest):
+        sizes.append(len(prompts))
+        if len(prompts) == 6 or sizes.count(3) == 2 and len(prompts) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        loss, pred, images = real(sd, clf, prompts, *rest)
+        return loss, (pred + 1) % len(clf.labels) if len(prompts) == 3 else pred, images
+
+    monkeypatch.setattr(train, "train_step", step)
+    with pytest.warns(UserWarning, match="now 1"):
+        runs = _train(tiny, tmp_path, RUNS, num_train_epochs=1)
+    assert sizes[:3] == [6, 3, 3] and set(sizes[3:]) == {1}
+    for run in runs:
+        expected = [f"e000_{j:02d}_{p}_" for j, p in enumerate(run.log[0]["predictions"])]
+        written = sorted(p.name for p in run.img_dir.glob("*.png"))
+        assert [w[: len(e)] for w, e in zip(written, expected)] == expected and len(written) == len(expected)
+
+
+def test_out_of_memory_at_one_image_per_forward_reaches_the_user(tiny, tmp_path, monkeypatch):
+    """Halving ends at 1 image per forward: then the error is raised, and no image of the failed passes stays."""
+    _out_of_memory_above(0, monkeypatch)
+    with pytest.warns(UserWarning, match="out of memory at 3 images per forward; now 1"):
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            _train(tiny, tmp_path, RUNS)
+    assert not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.parametrize("setting", [dict(batch_size=2), dict(pad_to_longest=True), dict(clip_before_backward=True)])
+def test_out_of_memory_at_a_chosen_batch_size_is_the_users_to_fix(tiny, tmp_path, monkeypatch, setting):
+    """An explicit --batch_size is kept, and so is the split of the original's computations that depend on
+    it (padding to the longest prompt, clipping before backward): the error reaches run.py, which names
+    the flags to lower."""
     _out_of_memory_above(3, monkeypatch)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        _train(tiny, tmp_path, RUNS, batch_size=2)
+        _train(tiny, tmp_path, RUNS, **setting)
 
 
 def test_make_scaler_is_per_run(tiny):

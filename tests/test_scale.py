@@ -47,6 +47,21 @@ def test_generate_writes_an_imagefolder(tiny, tmp_path):
     assert ds[0][0].size == (16, 16)
 
 
+def test_generate_resumes_the_same_token_and_replaces_another(tiny, tmp_path):
+    """--generate keeps the images of the same token (resume) and replaces those of another (the class
+    trained again), as source.json records."""
+    out, folder = tmp_path / "out", tmp_path / "out" / "generated" / "2_tiger_cat"
+    assert main(tiny_args(tiny, out, "--evaluate", "False", "--generate", "2")) == 0
+    first = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    stamp = json.loads((folder / "source.json").read_text())
+    assert main(tiny_args(tiny, out, "--train", "False", "--evaluate", "False", "--generate", "3")) == 0
+    assert {p.name: p.read_bytes() for p in folder.glob("0000[01].png")} == first and (folder / "00002.png").exists()
+    assert main(tiny_args(tiny, out, "--evaluate", "False", "--generate", "1", "--seed", "7", "--lr", "5")) == 0
+    assert sorted(p.name for p in folder.glob("*.png")) == ["00000.png"]
+    assert json.loads((folder / "source.json").read_text())["token_sha256"] != stamp["token_sha256"]
+    assert (folder / "00000.png").read_bytes() != first["00000.png"]
+
+
 def test_processes_share_the_classes(tiny, tmp_path):
     """Two processes (accelerate's launcher, on CPU): each class trained exactly once."""
     out = tmp_path / "out"
