@@ -107,8 +107,9 @@ def test_a_failed_pass_leaves_no_training_image(tiny, tmp_path, monkeypatch):
         return loss, (pred + 1) % len(clf.labels) if len(prompts) == 3 else pred, images
 
     monkeypatch.setattr(train, "train_step", step)
-    with pytest.warns(UserWarning, match="now 1"):
+    with pytest.warns(UserWarning, match="out of memory") as caught:
         runs = _train(tiny, tmp_path, RUNS, num_train_epochs=1)
+    assert [str(w.message)[-6:] for w in caught] == ["now 3", "now 1"]
     assert sizes[:3] == [6, 3, 3] and set(sizes[3:]) == {1}
     for run in runs:
         expected = [f"e000_{j:02d}_{p}_" for j, p in enumerate(run.log[0]["predictions"])]
@@ -119,9 +120,12 @@ def test_a_failed_pass_leaves_no_training_image(tiny, tmp_path, monkeypatch):
 def test_out_of_memory_at_one_image_per_forward_reaches_the_user(tiny, tmp_path, monkeypatch):
     """Halving ends at 1 image per forward: then the error is raised, and no image of the failed passes stays."""
     _out_of_memory_above(0, monkeypatch)
-    with pytest.warns(UserWarning, match="out of memory at 3 images per forward; now 1"):
+    with pytest.warns(UserWarning, match="out of memory") as caught:
         with pytest.raises(torch.cuda.OutOfMemoryError):
             _train(tiny, tmp_path, RUNS)
+    assert [str(w.message) for w in caught] == [
+        f"out of memory at {n} images per forward; now {n // 2}" for n in (6, 3)
+    ]
     assert not list(tmp_path.rglob("*.png"))
 
 
