@@ -399,6 +399,15 @@ def decode(sd: SD, latents: torch.Tensor) -> torch.Tensor:
     return sd.vae.decode(latents).sample.float() / 2 + 0.5
 
 
+def halved_after_out_of_memory(sd: SD, size: int, what: str) -> int:
+    """Half of `size` after an out-of-memory error (called outside the except block, whose traceback held
+    the activations): frees the cached blocks and says so."""
+    if sd.device.type == "cuda":
+        torch.cuda.empty_cache()
+    warnings.warn(f"{what}; now {size // 2}", stacklevel=3)
+    return size // 2
+
+
 @torch.no_grad()
 def generate(sd: SD, prompt, seeds: list[int], steps: int, guidance: float, batch_size: int) -> torch.Tensor:
     """Images [N, 3, H, W] in [0, 1] on the CPU, one per seed, for one prompt or one prompt per seed
@@ -422,8 +431,7 @@ def generate(sd: SD, prompt, seeds: list[int], steps: int, guidance: float, batc
         except torch.cuda.OutOfMemoryError:
             if len(chunk) == 1:
                 raise
-        sd.generate_limit = len(chunk) // 2  # outside the except block: its traceback held the activations
-        if sd.device.type == "cuda":
-            torch.cuda.empty_cache()
-        warnings.warn(f"out of memory generating {len(chunk)} images at once; now {sd.generate_limit}", stacklevel=2)
+        sd.generate_limit = halved_after_out_of_memory(
+            sd, len(chunk), f"out of memory generating {len(chunk)} images at once"
+        )
     return torch.cat(out)

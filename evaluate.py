@@ -224,11 +224,12 @@ def generate_dataset(cfg, sd, name: str, paths, out_dir: Path, token: bool = Tru
     an ImageFolder class folder; files already there are kept, so an interrupted run resumes, unless
     `source.json` says another token or setting made them (e.g. the class was trained again)."""
     value = load_token(paths.token, sd, cfg.placeholder_token) if token else None
-    if value is not None:
+    if token:
         set_token(sd, value)
     prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token if token else cfg.initializer_token, name)
+    digest = hashlib.sha256(value.cpu().numpy().tobytes()).hexdigest() if token else None
     source = dict(prompt=prompt, sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
-    source["token_sha256"] = None if value is None else hashlib.sha256(value.cpu().numpy().tobytes()).hexdigest()
+    source["token_sha256"] = digest
     stamp = out_dir / "source.json"
     if not stamp.exists() or json.loads(stamp.read_text()) != source:  # another token or setting made those
         empty_dir(out_dir)

@@ -23,6 +23,7 @@ from diffusion import (
     decode,
     denoise,
     encode,
+    halved_after_out_of_memory,
     initial_noise,
     longest_prompt,
     set_token,
@@ -73,9 +74,9 @@ def micro_batch_size(cfg, device: torch.device, runs: int = 1, limit: int = 0) -
     total = cfg.epoch_size * runs
     if cfg.batch_size:
         return min(cfg.batch_size, cfg.epoch_size) * runs
-    if device.type != "cuda" and not limit:  # per image, 64 measured fastest on 2 cores (docs/performance.md)
-        return min(total, max(cfg.epoch_size, CPU_FORWARD))
-    fits = min(total, max(cfg.epoch_size, CPU_FORWARD))
+    fits = min(total, max(cfg.epoch_size, CPU_FORWARD))  # per image, 64 measured fastest on 2 cores
+    if device.type != "cuda" and not limit:  # (docs/performance.md)
+        return fits
     if device.type == "cuda":
         free_gib = torch.cuda.mem_get_info(device)[0] / 2**30
         per_image = (3.4 if cfg.gradient_checkpointing else 4.4) * cfg.height * cfg.width / 512**2
@@ -280,10 +281,9 @@ def epoch_step(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str]) -> 
             # The original's clip sequence and prompt padding depend on the split: no silent change there.
             if cfg.batch_size or cfg.clip_before_backward or cfg.pad_to_longest or per_forward == 1:
                 raise
-        sd.forward_limit = per_forward // 2  # outside the except block: its traceback held the activations
-        if sd.device.type == "cuda":
-            torch.cuda.empty_cache()
-        warnings.warn(f"out of memory at {per_forward} images per forward; now {sd.forward_limit}", stacklevel=2)
+        sd.forward_limit = halved_after_out_of_memory(
+            sd, per_forward, f"out of memory at {per_forward} images per forward"
+        )
 
 
 def forward_size(cfg, sd, runs: int = 1) -> int:

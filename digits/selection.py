@@ -52,6 +52,26 @@ def offers(summary: dict, folder: Path) -> list[dict]:
     return out
 
 
+def world(*args: str):
+    """The digits world on the CPU for a replay: (cfg, sd, classifiers); `args` are run.py flags."""
+    cfg = parse_args(["--preset", "digits", "--device", "cpu", *args])
+    quiet_libraries()
+    classifiers = load_classifiers(cfg, say_notes=False)
+    return cfg, load_diffusion(cfg, classifiers, torch.device("cpu"), torch.float32), classifiers
+
+
+def judged(cfg, sd, classifiers: dict, options: list[tuple], seeds: list[int], target: int) -> list[dict]:
+    """Each option's ((token, class name)) share of images the judge calls `target` on `seeds`, and how
+    often the training classifier agrees with the judge."""
+    out = []
+    for images in token_images(cfg, sd, options, seeds):
+        j, v = (
+            classify(classifiers[r], images, cfg.eval_batch_size, sd.device) for r in ("eval_classifier", "classifier")
+        )
+        out.append(dict(judge=sum(p == target for p in j) / len(j), agree=sum(x == y for x, y in zip(j, v)) / len(j)))
+    return out
+
+
 def rules(offered: list[dict], every: list[int]) -> dict:
     """Each rule's choice: an index into `offered`."""
     pools = {"single": [i for i, o in enumerate(offered) if o["candidate"] == 0 and o["epoch"] is None]}
@@ -99,25 +119,16 @@ def main() -> None:
         ap.error(f"no pipeline_token/*/{a.exp_id}/train_summary.json under {a.output_path} (training not finished?)")
     classes = [(p, offers(s, p.parent)) for p, s in zip(summaries, runs) if "candidates" in s]  # others: no choice
     slots = 1 + max((len(o) for _, o in classes), default=0)  # a class's baseline and offers in one generation
-    args = ["--preset", "digits", "--class_batch", str(slots), "--output_path", a.output_path]
-    cfg = parse_args([*args, "--device", "cpu", "--eval_seed", str(VALIDATION_SEED), "--test_size", str(a.seeds)])
-    quiet_libraries()
-    classifiers = load_classifiers(cfg, say_notes=False)
-    sd = load_diffusion(cfg, classifiers, torch.device("cpu"), torch.float32)
-    vit, judge = classifiers["classifier"], classifiers["eval_classifier"]
+    args = ["--class_batch", str(slots), "--output_path", a.output_path]
+    cfg, sd, classifiers = world(*args, "--eval_seed", str(VALIDATION_SEED), "--test_size", str(a.seeds))
+    judge = classifiers["eval_classifier"]
     seeds = list(range(VALIDATION_SEED, VALIDATION_SEED + a.seeds))
     report = []
     for path, offered in classes:
         index, name = int(path.parts[-3].split("_")[0]) - 1, path.parts[-3].split("_", 1)[1]
         tokens = [(load_token(o["file"], sd, cfg.placeholder_token), name) for o in offered]
         base = [(sd.init_embedding, name)]  # the initializer's row: S_c's slot holds the baseline word
-        scored = []
-        for images in token_images(cfg, sd, base + tokens, seeds):
-            j, v = (classify(c, images, cfg.eval_batch_size, sd.device) for c in (judge, vit))
-            scored.append(
-                dict(judge=sum(p == index for p in j) / len(j), agree=sum(x == y for x, y in zip(j, v)) / len(j))
-            )
-        baseline, scored = scored[0], scored[1:]
+        baseline, *scored = judged(cfg, sd, classifiers, base + tokens, seeds, index)
         for o, s in zip(offered, scored):
             o.update(s, file=str(o["file"]))
         chosen = rules(offered, a.every)

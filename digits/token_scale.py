@@ -16,10 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from config import VALIDATION_SEED, parse_args  # noqa: E402
-from evaluate import classify, token_images  # noqa: E402
+from config import VALIDATION_SEED  # noqa: E402
+from digits.selection import judged, world  # noqa: E402
 from train import load_token  # noqa: E402
-from workspace import load_classifiers, load_diffusion, quiet_libraries  # noqa: E402
 
 
 def along(init: torch.Tensor, token: torch.Tensor, scales: list[float]) -> list[torch.Tensor]:
@@ -28,20 +27,13 @@ def along(init: torch.Tensor, token: torch.Tensor, scales: list[float]) -> list[
 
 
 def rows(files: list[Path], classes: list[int], scales: list[float], seeds: int) -> list[str]:
-    cfg = parse_args(["--preset", "digits", "--device", "cpu", "--class_batch", str(len(scales))])
-    quiet_libraries()
-    clfs = load_classifiers(cfg, say_notes=False)
-    sd = load_diffusion(cfg, clfs, torch.device("cpu"), torch.float32)
-    judge, vit, labels = clfs["eval_classifier"], clfs["classifier"], clfs["classifier"].labels
-    out = []
+    cfg, sd, classifiers = world("--class_batch", str(len(scales)))
+    labels, out = classifiers["classifier"].labels, []
     for file, c in zip(files, classes):
         points = along(sd.init_embedding, load_token(file, sd, cfg.placeholder_token), scales)
-        options = [(p, labels[c]) for p in points]
-        cells = []
-        for images in token_images(cfg, sd, options, list(range(VALIDATION_SEED, VALIDATION_SEED + seeds))):
-            j, v = (classify(clf, images, cfg.eval_batch_size, sd.device) for clf in (judge, vit))
-            hits, agree = sum(p == c for p in j), sum(a == b for a, b in zip(j, v))
-            cells.append(f"{100 * hits / seeds:.0f}% / {100 * agree / seeds:.0f}%")
+        validation = list(range(VALIDATION_SEED, VALIDATION_SEED + seeds))
+        scores = judged(cfg, sd, classifiers, [(p, labels[c]) for p in points], validation, c)
+        cells = [f"{100 * s['judge']:.0f}% / {100 * s['agree']:.0f}%" for s in scores]
         out.append(f"| {file} | {c + 1} {labels[c]} | " + " | ".join(cells) + " |")
     return out
 
