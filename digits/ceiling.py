@@ -1,0 +1,106 @@
+"""How many seeds can one token turn at all? A bound, not a method: S_c is trained on the very noises it
+is then judged on (the validation seeds' own starting latents, the evaluation prompt "A photo of S_c
+<word>"), with the preset's training otherwise. If even such a token leaves a class below +20 points on its
+own seeds, no training and no selection reaches +20 there; if it passes, the limit is generalisation.
+
+python digits/ceiling.py --class_index 2 4 8 --seeds 100 --out out/ceiling
+
+Per class (1-based): the judge's accuracy on the fitted seeds for the baseline prompt, the kept token
+(lowest training loss) and the token of the epoch with the highest training accuracy, and the same
+three on as many other validation seeds (never trained on). Writes ceiling.json and one log per class.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from config import VALIDATION_SEED  # noqa: E402
+from diffusion import initial_noise  # noqa: E402
+from digits.selection import judged, world  # noqa: E402
+from prompt_datasets import EVAL_TEMPLATE, class_prompt  # noqa: E402
+from train import Run, make_scaler, train_runs  # noqa: E402
+from utils import write_text  # noqa: E402
+
+
+@dataclass
+class FittedRun(Run):
+    """A run whose every epoch is the evaluation prompt on the given seeds' own noises."""
+
+    fitted: list = field(default_factory=list)
+
+    def epoch_inputs(self, sd, epoch: int):
+        prompt = class_prompt(EVAL_TEMPLATE, sd.slot_word(self.slot), self.name)
+        return [prompt] * len(self.fitted), initial_noise(sd, seeds=self.fitted)
+
+
+def best_epoch_token(run: FittedRun):
+    """(epoch, token) of the highest training accuracy (first such epoch): the token that drew it is the
+    one before that epoch's update, i.e. the previous epoch's snapshot (epoch 0: the initializer)."""
+    accuracies = [e["accuracy"] for e in run.log]
+    epoch = accuracies.index(max(accuracies))
+    return epoch, (run.init if epoch == 0 else run.snapshots[epoch - 1])
+
+
+def fit(classes: list[int], seeds: int, out: Path, epochs: int) -> list[dict]:
+    fitted = list(range(VALIDATION_SEED, VALIDATION_SEED + seeds))
+    held_out = list(range(VALIDATION_SEED + seeds, VALIDATION_SEED + 2 * seeds))
+    cfg, sd, classifiers = world(
+        *("--class_batch", str(len(classes)), "--epoch_size", str(seeds), "--select_every", "1"),
+        *("--num_train_epochs", str(epochs), "--early_stopping", str(epochs), "--number_of_prompts", "1"),
+    )
+    labels = classifiers["classifier"].labels
+    runs = []
+    for c in classes:
+        folder = out / f"{c + 1}_{labels[c]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        log, scaler = folder / "train_log.jsonl", make_scaler(sd, cfg)
+        runs.append(
+            FittedRun(cfg, c, labels[c], cfg.seed, log, folder, sd.init_embedding, scaler, folder.name, fitted=fitted)
+        )
+    train_runs(cfg, sd, classifiers["classifier"], runs, labels, desc="fit")
+    rows = []
+    for run in runs:
+        epoch, best = best_epoch_token(run)
+        options = [(t, run.name) for t in (sd.init_embedding, run.kept, best)]
+        scores = [judged(cfg, sd, classifiers, options, s, run.target) for s in (fitted, held_out)]
+        names = ("baseline", "kept", "best_epoch")
+        rows.append(
+            dict(class_index=run.target + 1, word=run.name, epochs=len(run.log), stop=run.stop or "num_train_epochs")
+            | dict(kept_epoch=run.kept_epoch, best_epoch=epoch, best_train_accuracy=run.log[epoch]["accuracy"])
+            | {f"fitted_{n}": s for n, s in zip(names, scores[0])}
+            | {f"held_out_{n}": s for n, s in zip(names, scores[1])}
+        )
+    write_text(out / "ceiling.json", json.dumps(dict(fitted=fitted[0], seeds=seeds, rows=rows), indent=1))
+    return rows
+
+
+def table(rows: list[dict]) -> list[str]:
+    cell = lambda s: f"{100 * s['judge']:.0f}% ({100 * s['agree']:.0f}%)"  # noqa: E731
+    out = ["| class | fitted: baseline / kept / best epoch | other seeds: baseline / kept / best epoch | epochs |"]
+    out.append("| --- | --- | --- | --- |")
+    for r in rows:
+        fitted = " / ".join(cell(r[f"fitted_{n}"]) for n in ("baseline", "kept", "best_epoch"))
+        held = " / ".join(cell(r[f"held_out_{n}"]) for n in ("baseline", "kept", "best_epoch"))
+        out.append(f"| {r['class_index']} {r['word']} | {fitted} | {held} | {r['epochs']} ({r['stop']}) |")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--class_index", type=int, nargs="+", required=True, help="1-based classes, trained together")
+    ap.add_argument("--seeds", type=int, default=100, help="validation seeds fitted (and as many held out)")
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=Path("out/ceiling"))
+    a = ap.parse_args(argv)
+    if min(a.class_index) < 1 or a.seeds < 1 or a.epochs < 1:
+        ap.error("--class_index, --seeds and --epochs must be positive")
+    print("judge accuracy (agreement of the two classifiers)")
+    print("\n".join(table(fit([c - 1 for c in a.class_index], a.seeds, a.out, a.epochs))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""digits/ceiling.py: a token fitted to the seeds it is judged on (a bound for docs/digits.md)."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from digits.ceiling import FittedRun, best_epoch_token, main
+
+
+def test_best_epoch_token_is_the_one_that_drew_the_best_epoch():
+    """Epoch e's images come from the token before e's update: the snapshot after epoch e - 1."""
+    run = SimpleNamespace(init=torch.zeros(2), log=[dict(accuracy=a) for a in (0.2, 0.5, 0.9, 0.9)])
+    run.snapshots = {e: torch.full((2,), float(e + 1)) for e in range(4)}
+    epoch, token = best_epoch_token(run)
+    assert epoch == 2 and torch.equal(token, run.snapshots[1])
+    run.log = [dict(accuracy=0.7), dict(accuracy=0.1)]
+    assert best_epoch_token(run)[0] == 0 and torch.equal(best_epoch_token(run)[1], run.init)
+
+
+def test_fitted_seeds_are_trained_on_the_evaluation_prompt_and_noises(tmp_path):
+    """The training images of epoch 0 (the initializer) are the baseline's evaluation images of the
+    fitted seeds, pixel for pixel; one epoch: the best token is the initializer and scores as the baseline."""
+    from diffusion import initial_noise
+    from digits.selection import world
+    from evaluate import token_images
+
+    cfg, sd, _ = world()
+    run = FittedRun(cfg, 3, "curl", 35, tmp_path / "log", tmp_path, sd.init_embedding, None, fitted=[1000, 1001])
+    prompts, noise = run.epoch_inputs(sd, epoch=5)
+    assert prompts == [f"A photo of {sd.slot_word(0)} curl"] * 2
+    assert torch.equal(noise, initial_noise(sd, seeds=[1000, 1001]))
+
+    main(["--class_index", "4", "--seeds", "3", "--epochs", "1", "--out", str(tmp_path / "out")])
+    (row,) = json.loads((tmp_path / "out" / "ceiling.json").read_text())["rows"]
+    assert row["best_epoch"] == 0 and row["epochs"] == 1
+    assert row["fitted_best_epoch"] == row["fitted_baseline"]
+    assert row["held_out_best_epoch"] == row["held_out_baseline"]
+    log = [json.loads(x) for x in (tmp_path / "out" / "4_curl" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and len(log[0]["predictions"]) == 3
+    baseline = next(token_images(cfg, sd, [(sd.init_embedding, "curl")], [1000, 1001, 1002]))
+    for j, image in enumerate(baseline):
+        (file,) = (tmp_path / "out" / "4_curl").glob(f"e000_{j:02d}_*.png")
+        pixels = torch.from_numpy(np.array(Image.open(file))).permute(2, 0, 1).float()
+        assert torch.equal(pixels, (image.clamp(0, 1) * 255).round())
