@@ -61,14 +61,15 @@ def world(*args: str):
 
 
 def judged(cfg, sd, classifiers: dict, options: list[tuple], seeds: list[int], target: int) -> list[dict]:
-    """Each option's ((token, class name)) share of images the judge calls `target` on `seeds`, and how
-    often the training classifier agrees with the judge."""
+    """Each option's ((token, class name)) share of images the judge calls `target` on `seeds` (and which
+    seeds: `hits`), and how often the training classifier agrees with the judge."""
     out = []
     for images in token_images(cfg, sd, options, seeds):
         j, v = (
             classify(classifiers[r], images, cfg.eval_batch_size, sd.device) for r in ("eval_classifier", "classifier")
         )
-        out.append(dict(judge=sum(p == target for p in j) / len(j), agree=sum(x == y for x, y in zip(j, v)) / len(j)))
+        hits = [p == target for p in j]
+        out.append(dict(judge=sum(hits) / len(j), agree=sum(x == y for x, y in zip(j, v)) / len(j), hits=hits))
     return out
 
 

@@ -33,13 +33,18 @@ def test_fitted_seeds_are_trained_on_the_evaluation_prompt_and_noises(tmp_path):
     assert prompts == [f"A photo of {sd.slot_word(0)} curl"] * 2
     assert torch.equal(noise, initial_noise(sd, seeds=[1000, 1001]))
 
-    main(["--class_index", "4", "--seeds", "3", "--epochs", "1", "--out", str(tmp_path / "out")])
+    (tmp_path / "out" / "4_curl").mkdir(parents=True)
+    (tmp_path / "out" / "4_curl" / "e000_00_0_old.png").write_bytes(b"an earlier fit's image")
+    main(["--class_index", "4", "--seeds", "3", "--epochs", "1", "--out", str(tmp_path / "out"), "--", "--lr", "0.01"])
     (row,) = json.loads((tmp_path / "out" / "ceiling.json").read_text())["rows"]
     assert row["best_epoch"] == 0 and row["epochs"] == 1
-    assert row["fitted_best_epoch"] == row["fitted_baseline"]
-    assert row["held_out_best_epoch"] == row["held_out_baseline"]
+    for where in ("fitted", "held_out"):
+        best, base = row[f"{where}_best_epoch"], row[f"{where}_baseline"]
+        assert best["hits"] == base["hits"] and best["gain"] == 0 and best["low"] < 0 < best["high"]
+    assert not (tmp_path / "out" / "4_curl" / "e000_00_0_old.png").exists()
+    assert {"kept.safetensors", "best_epoch.safetensors"} <= {f.name for f in (tmp_path / "out" / "4_curl").iterdir()}
     log = [json.loads(x) for x in (tmp_path / "out" / "4_curl" / "train_log.jsonl").read_text().splitlines()]
-    assert len(log) == 1 and len(log[0]["predictions"]) == 3
+    assert len(log) == 1 and len(log[0]["predictions"]) == 3 and log[0]["lr"] == 0.01
     baseline = next(token_images(cfg, sd, [(sd.init_embedding, "curl")], [1000, 1001, 1002]))
     for j, image in enumerate(baseline):
         (file,) = (tmp_path / "out" / "4_curl").glob(f"e000_{j:02d}_*.png")
