@@ -36,7 +36,9 @@ def test_fitted_seeds_are_trained_on_the_evaluation_prompt_and_noises(tmp_path):
     (tmp_path / "out" / "4_curl").mkdir(parents=True)
     (tmp_path / "out" / "4_curl" / "e000_00_0_old.png").write_bytes(b"an earlier fit's image")
     main(["--class_index", "4", "--seeds", "3", "--epochs", "1", "--out", str(tmp_path / "out"), "--", "--lr", "0.01"])
-    (row,) = json.loads((tmp_path / "out" / "ceiling.json").read_text())["rows"]
+    saved = json.loads((tmp_path / "out" / "ceiling.json").read_text())
+    assert saved["fitted"] == [1000, 1001, 1002] and saved["held_out"] == [1003, 1004, 1005]
+    (row,) = saved["rows"]
     assert row["best_epoch"] == 0 and row["epochs"] == 1
     for where in ("fitted", "held_out"):
         best, base = row[f"{where}_best_epoch"], row[f"{where}_baseline"]
@@ -50,3 +52,23 @@ def test_fitted_seeds_are_trained_on_the_evaluation_prompt_and_noises(tmp_path):
         (file,) = (tmp_path / "out" / "4_curl").glob(f"e000_{j:02d}_*.png")
         pixels = torch.from_numpy(np.array(Image.open(file))).permute(2, 0, 1).float()
         assert torch.equal(pixels, (image.clamp(0, 1) * 255).round())
+
+
+def test_score_saves_the_token_that_drew_the_best_epoch(tmp_path):
+    """Epoch 2 has the best training accuracy: its images came from the snapshot after epoch 1, which is
+    saved and judged as the best-epoch token; the kept token is saved beside it."""
+    from digits.ceiling import score
+    from digits.selection import world
+    from train import load_token
+
+    cfg, sd, classifiers = world()
+    run = FittedRun(cfg, 8, "curl", 35, tmp_path / "log", tmp_path, sd.init_embedding, None, fitted=[1000, 1001])
+    run.log = [dict(accuracy=a) for a in (0.0, 0.5, 1.0, 1.0)]
+    run.snapshots = {e: torch.randn_like(sd.init_embedding) for e in range(4)}
+    run.kept, run.kept_epoch = run.snapshots[3], 3
+    row = score(cfg, sd, classifiers, run, held_out=[1002, 1003])
+    assert row["best_epoch"] == 2 and row["kept_epoch"] == 3
+    best = load_token(tmp_path / "best_epoch.safetensors", sd, cfg.placeholder_token)
+    kept = load_token(tmp_path / "kept.safetensors", sd, cfg.placeholder_token)
+    assert torch.equal(best, run.snapshots[1]) and torch.equal(kept, run.snapshots[3])
+    assert all(len(row[f"{w}_{n}"]["hits"]) == 2 for w in ("fitted", "held_out") for n in ("kept", "best_epoch"))
