@@ -97,10 +97,12 @@ def api_error(client, *args, api_name: str) -> str:
 
 
 # ---------------------------------------------------------------- settings, no server
-def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch):
+def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch, tmp_path):
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
+    monkeypatch.chdir(tmp_path)  # the parser creates the default output folder where the server starts
     args, cfg = app.parse_app_args([])
+    assert (tmp_path / app.DEFAULT_OUTPUT).is_dir()
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
     assert cfg.preset == "digits" and cfg.sd_model.endswith("digits/pipeline") and cfg.output_path == app.DEFAULT_OUTPUT
     # The page's epochs; the rest the preset's.
