@@ -29,9 +29,9 @@ def along(init: torch.Tensor, token: torch.Tensor, scales: list[float]) -> list[
 def rows(files: list[Path], classes: list[int], scales: list[float], seeds: int) -> list[str]:
     cfg, sd, classifiers = world("--class_batch", str(len(scales)))
     labels, out = classifiers["classifier"].labels, []
+    validation = list(range(VALIDATION_SEED, VALIDATION_SEED + seeds))
     for file, c in zip(files, classes):
         points = along(sd.init_embedding, load_token(file, sd, cfg.placeholder_token), scales)
-        validation = list(range(VALIDATION_SEED, VALIDATION_SEED + seeds))
         scores = judged(cfg, sd, classifiers, [(p, labels[c]) for p in points], validation, c)
         cells = [f"{100 * s['judge']:.0f}% / {100 * s['agree']:.0f}%" for s in scores]
         out.append(f"| {file} | {c + 1} {labels[c]} | " + " | ".join(cells) + " |")

@@ -1,4 +1,4 @@
-"""digits/ceiling.py: a token fitted to the seeds it is judged on (a bound for docs/digits.md)."""
+"""digits/ceiling.py: a token fitted to the seeds it is judged on (a reference for docs/digits.md)."""
 
 import json
 from types import SimpleNamespace
