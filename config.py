@@ -100,7 +100,6 @@ class RunConfig:
     eval_guidance_scale: float = 7.5  # evaluation guidance (the original used the pipeline's default, 7.5)
     eval_batch_size: int = 10  # images per forward pass when generating (results do not depend on it)
     fid_reference: str = ""  # folder of real images of the class (or of <class dir>/ subfolders): Frechet distance
-    generate_baseline: bool = False  # with --generate N: also N images of "A photo of a <class>" in generated_baseline/
     save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
     webui_token: bool = False  # also write <class dir>.safetensors for AUTOMATIC1111 / ComfyUI (name = prompt word)
     # --- many runs at once ---
@@ -198,7 +197,7 @@ PRESETS = {
         early_stopping=100,
         accuracy_stop=0.95,
         # Fixed noises and the original's kept token, chosen on validation seeds over fresh noises
-        # every epoch (digits/tune.py; docs/digits.md "Choosing the preset"): fresh noises helped the
+        # every epoch (experiments/digits/tune.py; docs/digits.md "Choosing the preset"): fresh noises helped the
         # hardest classes but left "stick" -> 1 without any gain.
         # The kept token can be an early one, lowest in loss by chance: the run's token every 10 epochs
         # joins the choice on 50 selection seeds (chosen on validation seeds: docs/digits.md "Snapshots").
@@ -277,7 +276,6 @@ def _validate(cfg: RunConfig) -> None:
     need(bool(cfg.placeholder_token.strip()), "placeholder_token", "must not be empty")
     need(cfg.exp_id not in ("", ".", "..") and not set("/\\") & set(cfg.exp_id), "exp_id", "must be a folder name")
     need(cfg.train or cfg.evaluate or cfg.generate > 0, "train", "nothing to do: train, evaluate and generate are off")
-    need(not cfg.generate_baseline or cfg.generate > 0, "generate_baseline", "needs --generate N")
     need(not cfg.fid_reference or Path(cfg.fid_reference).is_dir(), "fid_reference", "no such folder")
     need(not cfg.fid_reference or cfg.test_size >= 2, "fid_reference", "needs --test_size >= 2 (a covariance)")
     if cfg.batch_size and cfg.gradient_accumulation_steps:

@@ -379,7 +379,7 @@ def denoise(
                 pred = pred_u + guidance * (pred_c - pred_u)
             out = sched.step(pred, t, latents)
             latents = out.prev_sample
-        if callback is not None:  # e.g. digits/investigate.py reads each step's predicted x0
+        if callback is not None:  # e.g. experiments/digits/investigate.py reads each step's predicted x0
             callback(i, t, out)
     return fam.unpack(sd, latents)
 

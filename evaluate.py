@@ -219,15 +219,14 @@ def frechet_to_reference(cfg, classifiers: dict, generated: dict, folder: Path, 
     return out | dict(n_generated=len(next(iter(generated.values()))))
 
 
-def generate_dataset(cfg, sd, name: str, paths, out_dir: Path, token: bool = True) -> int:
-    """`cfg.generate` images with the token (or, token=False, the baseline prompt "A photo of a <class>") into
-    an ImageFolder class folder; files already there are kept, so an interrupted run resumes, unless
-    `source.json` says another token or setting made them (e.g. the class was trained again)."""
-    value = load_token(paths.token, sd, cfg.placeholder_token) if token else None
-    if token:
-        set_token(sd, value)
-    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token if token else cfg.initializer_token, name)
-    digest = hashlib.sha256(value.cpu().numpy().tobytes()).hexdigest() if token else None
+def generate_dataset(cfg, sd, name: str, paths, out_dir: Path) -> int:
+    """`cfg.generate` images with the token into an ImageFolder class folder; files already there are kept,
+    so an interrupted run resumes, unless `source.json` says another token or setting made them (e.g. the
+    class was trained again)."""
+    value = load_token(paths.token, sd, cfg.placeholder_token)
+    set_token(sd, value)
+    prompt = class_prompt(EVAL_TEMPLATE, cfg.placeholder_token, name)
+    digest = hashlib.sha256(value.cpu().numpy().tobytes()).hexdigest()
     source = dict(prompt=prompt, sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
     source["token_sha256"] = digest
     stamp = out_dir / "source.json"

@@ -93,9 +93,6 @@ def finish_class(cfg: "RunConfig", sd, c: int, name: str, paths) -> None:
 
     if cfg.generate:
         generate_dataset(cfg, sd, name, paths, Path(cfg.output_path) / "generated" / paths.dir_name)
-        if cfg.generate_baseline:  # the same seeds with "A photo of a <class>" (digits/augment.py compares)
-            out = Path(cfg.output_path) / "generated_baseline" / paths.dir_name
-            generate_dataset(cfg, sd, name, paths, out, token=False)
     if cfg.save_as_full_pipeline:
         set_token(sd, load_token(paths.token, sd, cfg.placeholder_token))  # this class's token in S_c's row
         save_full_pipeline(sd, paths.token_dir / "pipeline")

@@ -31,8 +31,8 @@ from diffusion import (
     token_value,
     unconditional,
 )
-from plots import training_curve
 from prompt_datasets import PromptDataset
+from report import training_curve
 from utils import atomic_path, save_image, write_text
 
 

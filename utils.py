@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 
 class UsageError(Exception):
@@ -119,11 +119,17 @@ def view_scale(size: int) -> int:
     return max(1, 128 // size)
 
 
+def font(size: int = 14) -> ImageFont.ImageFont:
+    """PIL's bundled scalable font (PIL >= 10.1), readable at any size; its tiny bitmap font otherwise."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
 def comparison_grid(rows: list[tuple[str, list[torch.Tensor], list[str]]], max_cols: int = 10) -> Image.Image:
     """Labelled grid: one row per (title, images, captions), e.g. baseline over token; tiles at least
     128 px wide so that a caption fits under each, in a scalable font."""
-    from plots import font
-
     scale = max(view_scale(rows[0][1][0].shape[-1]), -(-128 // rows[0][1][0].shape[-1]))
     tiles = [[to_pil(im, scale) for im in images[:max_cols]] for _, images, _ in rows]
     w, h = tiles[0][0].size

@@ -441,6 +441,26 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
     return info
 
 
+@torch.no_grad()
+def classify(images, clf, proc) -> torch.Tensor:
+    inputs = proc(images=images, return_tensors="pt")
+    return clf(**inputs).logits.argmax(-1)
+
+
+def table(results: dict[str, torch.Tensor], n: int) -> str:
+    head = "| prompt word | " + " | ".join(f"{d} ({w})" for d, w in enumerate(DIGIT_WORDS)) + " | named digit(s) |"
+    lines = [head, "|" + " --- |" * 12]
+    for word, c in results.items():
+        named = [d for d, w in enumerate(DIGIT_WORDS) if w == word]
+        frac = c.float() / n
+        cells = [f"**{frac[d]:.2f}**" if d in named else (f"{frac[d]:.2f}" if c[d] else ".") for d in range(10)]
+        summary = " / ".join(f"{d}: {frac[d]:.0%}" for d in named)
+        if len(named) == 2:
+            summary += f" (sum {frac[named].sum():.0%})"
+        lines.append(f"| {word} | " + " | ".join(cells) + f" | {summary} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=HERE, help="output folder (default: digits/)")

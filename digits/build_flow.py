@@ -32,9 +32,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from digits.build import BATCH, CAPTION_DROPOUT, EMA_DECAY, batches, seed_all  # noqa: E402
+from digits.build import BATCH, CAPTION_DROPOUT, EMA_DECAY, batches, classify, seed_all, table  # noqa: E402
 from digits.data import AMBIGUOUS, CAPTION_TEMPLATES, DIGIT_WORDS, WORDS, load_split  # noqa: E402
-from digits.measure import classify, table  # noqa: E402
 from prompt_datasets import class_prompt  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))

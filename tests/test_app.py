@@ -1,4 +1,4 @@
-"""The web demo (app.py) through its API, as a gradio_client user scripts it: the real server in
+"""The web demo (demo/app.py) through its API, as a gradio_client user scripts it: the real server in
 a subprocess on the shipped digits world, a free port, its own output folder. Its parts without a
 server: tests/test_app_units.py."""
 
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-import app
-from app_inputs import Limits
 from config import PRESETS
+from demo import app
+from demo.inputs import Limits
 from report import SUMMARY_FIELDS
 from utils import UsageError
 
@@ -34,12 +34,12 @@ def free_port() -> int:
 def start_app(
     out: Path | None, *args: str, root: Path = ROOT, timeout: float = 240
 ) -> tuple[subprocess.Popen, str, float]:
-    """`python app.py` as a user starts it (from `root`; without `out`, its default output folder);
+    """`python demo/app.py` as a user starts it (from `root`; without `out`, its default output folder);
     returns the process, its URL and the seconds until the page answered."""
     port = free_port()
     cmd = [
         sys.executable,
-        str(root / "app.py"),
+        str(root / "demo" / "app.py"),
         "--port",
         str(port),
         *(["--output_path", str(out)] if out else []),
@@ -126,7 +126,7 @@ def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch, tmp_path):
 
 def test_the_page_reads_the_presets_epochs():
     """The page's note names the preset's epochs from config.PRESETS, never a number of its own."""
-    from app_page import intro, preset_epochs
+    from demo.page import intro, preset_epochs
 
     cfg = app.parse_app_args([])[1]
     assert preset_epochs(cfg) == PRESETS["digits"]["num_train_epochs"]
@@ -144,13 +144,15 @@ def test_bad_server_flags_are_one_line(argv, message):
 
 
 def test_bad_server_flag_exits_2_without_traceback():
-    r = subprocess.run([sys.executable, str(ROOT / "app.py"), "--max_seeds", "-1"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "demo" / "app.py"), "--max_seeds", "-1"], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.strip() == "app.py: error: --max_seeds -1: must be a positive integer"
 
 
 def test_run_py_and_the_jobs_do_not_import_gradio():
     """gradio is the demo's extra: the CLI and the demo's jobs, folder and checks work without it."""
-    code = "import sys; sys.modules['gradio'] = None; import run, app, app_jobs, app_store, app_inputs\n"
+    code = "import sys; sys.modules['gradio'] = None; import run, demo.app, demo.jobs, demo.store, demo.inputs\n"
     code += "run.main(['--help'])"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0 and "--sd_model" in r.stdout, r.stderr[-2000:]
@@ -297,7 +299,7 @@ def test_gradio_serves_only_the_output_folder(server):
     base = server["url"] + "gradio_api/file="
     with urllib.request.urlopen(base + str(server["out"] / "note.txt")) as r:
         assert r.read() == b"inside"
-    for outside in ["/etc/passwd", str(ROOT / "app.py"), str(server["out"]) + "/../../../etc/passwd"]:
+    for outside in ["/etc/passwd", str(ROOT / "demo" / "app.py"), str(server["out"]) + "/../../../etc/passwd"]:
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + outside)
         assert e.value.code in (403, 404), outside
@@ -371,7 +373,7 @@ def test_a_space_built_from_the_documented_files_starts_and_answers(tmp_path):
     front = dict(re.findall(r"^(\w+): *\"?([^\"\n]*)\"?$", readme.split("---")[1], flags=re.M))
     pinned = re.search(r"^gradio==(\S+)$", (ROOT / ".ci" / "constraints.txt").read_text(), flags=re.M)[1]
     assert (front["sdk"], front["app_file"], front["sdk_version"], front["python_version"]) == (
-        "gradio", "app.py", pinned, "3.11",
+        "gradio", "demo/app.py", pinned, "3.11",
     )  # fmt: skip
     assert (space / "requirements.txt").is_file()
     proc, url, _ = start_app(None, root=space)  # as the Space starts it: no flags
@@ -387,7 +389,7 @@ def test_a_space_built_from_the_documented_files_starts_and_answers(tmp_path):
 def test_unexpected_failures_are_one_line_in_the_page(capsys, tmp_path):
     import gradio as gr
 
-    from app_handlers import page_errors
+    from demo.handlers import page_errors
 
     # An unexpected failure whose own message holds a server path: the page names only its type.
     @page_errors
@@ -414,8 +416,8 @@ def test_a_closed_request_stops_its_training(tmp_path):
     stops after its epoch, keeps the best token, and frees the models for the next job."""
     import threading
 
-    from app_jobs import Jobs
     from config import parse_args
+    from demo.jobs import Jobs
 
     jobs = Jobs(parse_args(["--preset", "digits", "--output_path", str(tmp_path)]), Limits())
     events = jobs.train("1: loop", 5, 0.06, 35, 15, threading.Event())

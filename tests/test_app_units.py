@@ -1,5 +1,5 @@
-"""The web demo's parts without a server or models: input checks (app_inputs), the output folder
-(app_store) and what the handlers show (app_handlers)."""
+"""The web demo's parts without a server or models: input checks (demo.inputs), the output folder
+(demo.store) and what the handlers show (demo.handlers)."""
 
 import math
 from pathlib import Path
@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from app_inputs import Limits, parse_class, positive, prompt_text, train_settings, whole
-from app_store import Store
 from config import parse_args
+from demo.inputs import Limits, parse_class, positive, prompt_text, train_settings, whole
+from demo.store import Store
 from utils import UsageError
 
 LABELS = ["loop", "stick", "two", "curl", "four", "five", "loop", "stick", "curl", "nine"]  # the digits world
@@ -92,7 +92,7 @@ def test_the_listing_is_read_afresh(cfg):
 
 def test_the_page_lists_tokens_trained_after_the_start(cfg):
     """What every page load runs (Handlers.token_lists): the Compare, Use and Results lists."""
-    from app_handlers import Handlers
+    from demo.handlers import Handlers
 
     store = Store(cfg.output_path, LABELS)
     handlers = Handlers(SimpleNamespace(store=store, labels=LABELS, cfg=cfg))
@@ -139,7 +139,7 @@ def test_links_out_of_the_output_folder_are_refused_before_training_and_serving(
 
 
 def test_messages_and_summaries_count_epochs_from_1():
-    from app_handlers import curves, log_rows, summary_text
+    from demo.handlers import curves, log_rows, summary_text
 
     summary = dict(epochs=3, seconds=4.2, stop="num_train_epochs", kept_token="the token after epoch 2's update")
     assert (

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import bench
+from tools import bench
 
 
 @pytest.fixture

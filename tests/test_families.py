@@ -25,7 +25,7 @@ PROMPT = "A photo of newclas crane"
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> dict:
-    from model_zoo import FAMILY_VARIANTS, build
+    from tools.model_zoo import FAMILY_VARIANTS, build
 
     root = tmp_path_factory.mktemp("zoo")
     return {v: str(build(v, root / v, WORDS)) for v in FAMILY_VARIANTS}

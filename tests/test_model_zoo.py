@@ -12,8 +12,8 @@ from conftest import LABELS, TINY_SIZE
 from safetensors.torch import load_file
 
 from digits.tokenizer import words_of
-from model_zoo import FAMILY_VARIANTS, build, pipeline
 from prompt_datasets import TEMPLATES
+from tools.model_zoo import FAMILY_VARIANTS, build, pipeline
 
 CLASS_NAMES = [name for names in LABELS.values() for name in names.split(", ")]  # "tiger cat", "great_white_shark"
 PIPELINE_CLASS = {"sdxl": "StableDiffusionXLPipeline", "sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline"}
@@ -152,7 +152,15 @@ def test_command_line_builds_a_folder_that_loads(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(root / "model_zoo.py"), "sdxl", str(tmp_path / "m"), "--words", "loop", "stick"]
+    cmd = [
+        sys.executable,
+        str(root / "tools" / "model_zoo.py"),
+        "sdxl",
+        str(tmp_path / "m"),
+        "--words",
+        "loop",
+        "stick",
+    ]
     assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300).returncode == 0
     pipe = DiffusionPipeline.from_pretrained(str(tmp_path / "m"))
     assert type(pipe).__name__ == "StableDiffusionXLPipeline" and len(pipe.tokenizer.tokenize("stick")) == 1

@@ -1,6 +1,6 @@
 """Measure the digits world with the plain diffusers pipeline and classifier B.
 
-    python digits/measure.py [--seeds 100] [--steps 15] [--guidance 5] [--template "A photo of a {}"]
+    python experiments/digits/measure.py [--seeds 100] [--steps 15] [--guidance 5] [--template "A photo of a {}"]
 
 For every word, generates one image per seed from "A photo of a {word}" and prints a
 markdown table of the fraction of images that classifier B assigns to each digit.
@@ -14,15 +14,16 @@ import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 import torch  # noqa: E402
 
+from digits.build import classify, table  # noqa: E402
 from digits.data import AMBIGUOUS, DIGIT_WORDS, RECOMMENDED, WORDS  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.join(_ROOT, "digits")  # the digits world
 
 
 def load(pipeline_dir: str, classifier_dir: str):
@@ -34,12 +35,6 @@ def load(pipeline_dir: str, classifier_dir: str):
     clf = AutoModelForImageClassification.from_pretrained(classifier_dir).eval()
     proc = AutoImageProcessor.from_pretrained(classifier_dir)
     return pipe, clf, proc
-
-
-@torch.no_grad()
-def classify(images, clf, proc) -> torch.Tensor:
-    inputs = proc(images=images, return_tensors="pt")
-    return clf(**inputs).logits.argmax(-1)
 
 
 @torch.no_grad()
@@ -59,20 +54,6 @@ def measure(pipe, clf, proc, prompt: str, seeds: list[int], steps: int, guidance
         pred = classify(out.images, clf, proc)
         counts += torch.bincount(pred, minlength=10)
     return counts
-
-
-def table(results: dict[str, torch.Tensor], n: int) -> str:
-    head = "| prompt word | " + " | ".join(f"{d} ({w})" for d, w in enumerate(DIGIT_WORDS)) + " | named digit(s) |"
-    lines = [head, "|" + " --- |" * 12]
-    for word, c in results.items():
-        named = [d for d, w in enumerate(DIGIT_WORDS) if w == word]
-        frac = c.float() / n
-        cells = [f"**{frac[d]:.2f}**" if d in named else (f"{frac[d]:.2f}" if c[d] else ".") for d in range(10)]
-        summary = " / ".join(f"{d}: {frac[d]:.0%}" for d in named)
-        if len(named) == 2:
-            summary += f" (sum {frac[named].sum():.0%})"
-        lines.append(f"| {word} | " + " | ".join(cells) + f" | {summary} |")
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, torch.Tensor]:

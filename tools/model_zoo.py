@@ -2,7 +2,7 @@
 diffusers hub layout, so tests load them with `DiffusionPipeline.from_pretrained(folder)` exactly as
 a user loads a hub model, without the hub.
 
-    python model_zoo.py sdxl out/tiny_sdxl      # then: python run.py --sd_model out/tiny_sdxl ... (README)
+    python tools/model_zoo.py sdxl out/tiny_sdxl      # then: python run.py --sd_model out/tiny_sdxl ... (README)
 
 Tiny sizes (`shape="tiny"`) are those diffusers' own pipeline tests use for their dummy components
 (UNet / transformer, VAE, scheduler, CLIP text configs; T5 with the sizes of transformers' T5 model
@@ -36,12 +36,15 @@ the released models' counts.
 
 import json
 import string
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-from prompt_datasets import TEMPLATES
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/model_zoo.py` from anywhere
+
+from prompt_datasets import TEMPLATES  # noqa: E402
 
 FAMILY_VARIANTS = ("sdxl", "sdxl-turbo", "sd3", "flux-schnell", "flux-dev")
 REAL_VARIANTS = ("sdxl", "sdxl-turbo", "flux-schnell", "flux-dev")  # no real-size SD3: bench.py does not time it

@@ -15,8 +15,8 @@ tokens on the validation seeds with the judge and replays the selection rules on
 Every rule chooses by the selection seeds alone (workspace.best_offer); the judge and the validation seeds
 only score the choice. Writes `selection_<exp_id>.json` into the run's folder and prints a table.
 
-python digits/selection.py out/sel --exp_id k3e10_s36 --every 10 20
-python digits/selection.py out/sel --exp_id k3e10_s36 --export "single, every 10" --as s1e10_s36   # then
+python experiments/digits/selection.py out/sel --exp_id k3e10_s36 --every 10 20
+python experiments/digits/selection.py out/sel --exp_id k3e10_s36 --export "single, every 10" --as s1e10_s36   # then
 python run.py --preset digits --class_index 1-10 --train False --exp_id s1e10_s36 --output_path out/sel
 
 `--export RULE --as EXP` writes, per class, the token RULE chooses (by the selection seeds, as above) as
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import VALIDATION_SEED, parse_args  # noqa: E402
 from evaluate import classify, token_images  # noqa: E402

@@ -1,13 +1,13 @@
 """Speed benchmark: the original schedule against the project's, on random-weight models.
 
-python bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (docs/performance.md),
+python tools/bench.py             # GPU: SD 1.4-shaped UNet / VAE / CLIP text encoder + ViT-L/16 (docs/performance.md),
                             # then SDXL-Turbo, FLUX.1-schnell, SDXL and FLUX.1-dev at their real sizes
-python bench.py --compile   # also torch.compile(unet) variants (minutes of compilation)
-python bench.py --tiny      # the same code on tiny shapes, on a CPU, in seconds
-python bench.py --out docs/ # publish: the tables docs/performance.md cites
-python bench.py --families none            # the SD 1.4 cases only
-python bench.py --families_only --families sdxl,flux-dev   # only these families, added to --out's results
-python bench.py --digits    # class batching in the digits world: 10 classes one at a time vs together (CPU)
+python tools/bench.py --compile   # also torch.compile(unet) variants (minutes of compilation)
+python tools/bench.py --tiny      # the same code on tiny shapes, on a CPU, in seconds
+python tools/bench.py --out docs/ # publish: the tables docs/performance.md cites
+python tools/bench.py --families none            # the SD 1.4 cases only
+python tools/bench.py --families_only --families sdxl,flux-dev   # only these families, added to --out's results
+python tools/bench.py --digits    # class batching in the digits world: 10 classes one at a time vs together (CPU)
 
 Cost does not depend on the weights, so nothing is downloaded: the components are built from
 configs, saved as a diffusers folder and loaded through the project's `diffusion.load_sd`; the
@@ -42,11 +42,13 @@ from pathlib import Path
 
 import torch
 
-from classifiers import PRESETS, Classifier, Preprocess
-from config import FAMILY_PRESETS, RunConfig
-from diffusion import configure, denoise, encode, generate, initial_noise, load_sd, set_token, unconditional
-from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt
-from train import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/bench.py` from anywhere
+
+from classifiers import PRESETS, Classifier, Preprocess  # noqa: E402
+from config import FAMILY_PRESETS, RunConfig  # noqa: E402
+from diffusion import configure, denoise, encode, generate, initial_noise, load_sd, set_token, unconditional  # noqa: E402
+from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt  # noqa: E402
+from train import (  # noqa: E402
     CPU_FORWARD,
     epoch_gradient,
     epoch_step,
@@ -57,7 +59,7 @@ from train import (
     train_class,
     train_runs,
 )
-from workspace import ClassPaths, device_and_dtype, quiet_libraries
+from workspace import ClassPaths, device_and_dtype, quiet_libraries  # noqa: E402
 
 CLASS_NAME, TARGET = "tiger cat", 282  # docs/original.md §2's example class (ImageNet index 282)
 SHAPES = {
@@ -369,7 +371,7 @@ def family_cfg(variant: str, folder: Path, device: str, px: int, batch: int, ckp
 def load_family(variant: str, shape_name: str, cfg: RunConfig):
     """model_zoo's random-weight `variant`, built on the device (the denoiser in the run's dtype) and put
     through diffusion.load_sd as a loaded model would be; nothing is written (FLUX.1's weights are 43 GB)."""
-    import model_zoo
+    from tools import model_zoo
 
     device, dtype = device_dtype(cfg)
     shape = "tiny" if shape_name == "tiny" else "real"

@@ -1,7 +1,7 @@
 """Image quality in the digits world: how close are the generated digits to real ones?
 
     python run.py --preset digits --class_index 1,2,4,7,8,9 --output_path runs/evid   # train, evaluate (test seeds)
-    python digits/quality.py --run runs/evid                                           # this table
+    python experiments/digits/quality.py --run runs/evid                                           # this table
 
 The paper claims DisCo's images are of higher quality than the base model's. Here "quality" is a
 Frechet distance between the images of a prompt and real images of the class, on the penultimate
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_ROOT = str(Path(__file__).resolve().parents[1])
+_ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
@@ -40,7 +40,7 @@ import torch  # noqa: E402
 from digits.data import AMBIGUOUS, DIGIT_WORDS, load_split  # noqa: E402
 from utils import class_dir_name, save_image, write_json  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(_ROOT) / "digits"  # the digits world
 # The six ambiguous classes: 1-based CLI index = digit + 1 (the classifiers' class i is digit i).
 AMBIGUOUS_DIGITS = sorted(d for pair in AMBIGUOUS.values() for d in pair)
 

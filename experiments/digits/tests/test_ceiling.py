@@ -1,4 +1,4 @@
-"""digits/ceiling.py: a token fitted to the seeds it is judged on (a reference for docs/digits.md)."""
+"""experiments/digits/ceiling.py: a token fitted to the seeds it is judged on (a reference for docs/digits.md)."""
 
 import json
 from types import SimpleNamespace
@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from digits.ceiling import FittedRun, best_epoch_token, main
+from experiments.digits.ceiling import FittedRun, best_epoch_token, main
 
 
 def test_best_epoch_token_is_the_one_that_drew_the_best_epoch():
@@ -24,8 +24,8 @@ def test_fitted_seeds_are_trained_on_the_evaluation_prompt_and_noises(tmp_path):
     """The training images of epoch 0 (the initializer) are the baseline's evaluation images of the
     fitted seeds, pixel for pixel; one epoch: the best token is the initializer and scores as the baseline."""
     from diffusion import initial_noise
-    from digits.selection import world
     from evaluate import token_images
+    from experiments.digits.selection import world
 
     cfg, sd, _ = world()
     run = FittedRun(cfg, 3, "curl", 35, tmp_path / "log", tmp_path, sd.init_embedding, None, fitted=[1000, 1001])
@@ -57,8 +57,8 @@ def test_fitted_seeds_are_trained_on_the_evaluation_prompt_and_noises(tmp_path):
 def test_score_saves_the_token_that_drew_the_best_epoch(tmp_path):
     """Epoch 2 has the best training accuracy: its images came from the snapshot after epoch 1, which is
     saved and judged as the best-epoch token; the kept token is saved beside it."""
-    from digits.ceiling import score
-    from digits.selection import world
+    from experiments.digits.ceiling import score
+    from experiments.digits.selection import world
     from train import load_token
 
     cfg, sd, classifiers = world()

@@ -1,22 +1,25 @@
 """The web demo: train a DisCo token in the browser, compare it with the plain prompt, use it.
 
-python app.py                                   # the digits world on http://127.0.0.1:7860
-python app.py --sd_model CompVis/stable-diffusion-v1-4 --classifier inet --host 0.0.0.0   # SD 1.4, GPU
+python demo/app.py                                   # the digits world on http://127.0.0.1:7860
+python demo/app.py --sd_model CompVis/stable-diffusion-v1-4 --classifier inet --host 0.0.0.0   # SD 1.4, GPU
 
 Model flags are run.py's (config.py, one parser); the server's own flags are below. Every
 action is an API endpoint (/train, /stop, /compare, /generate, /results, /open_run, /download, /classes)
-for gradio_client (docs/demo.md). This file starts the server; the page is app_page.py, its events
-app_handlers.py, the work app_jobs.py, the output folder app_store.py, the input checks app_inputs.py.
+for gradio_client (docs/demo.md). This file starts the server; the page is demo/page.py, its events
+demo/handlers.py, the work demo/jobs.py, the output folder demo/store.py, the input checks demo/inputs.py.
 """
 
 import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 
-from app_inputs import Limits
-from config import RunConfig, build_parser, parse_args
-from utils import UsageError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python demo/app.py` from anywhere
+
+from config import RunConfig, build_parser, parse_args  # noqa: E402
+from demo.inputs import Limits  # noqa: E402
+from utils import UsageError  # noqa: E402
 
 # Without a model flag the demo opens on the shipped digits world: it works offline on a CPU.
 MODEL_FLAGS = ("preset", "sd_model", "sd_2_1", "classifier", "eval_classifier")
@@ -70,7 +73,7 @@ def parse_app_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        # DISCO_ARGS: flags for a host that starts `python app.py` without any (a Space's variables).
+        # DISCO_ARGS: flags for a host that starts `python demo/app.py` without any (a Space's variables).
         args, cfg = parse_app_args(
             shlex.split(os.environ.get("DISCO_ARGS", "")) + (sys.argv[1:] if argv is None else argv)
         )
@@ -78,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline, and nothing phones home
         import gradio as gr
 
-        from app_jobs import Jobs
-        from app_page import build_ui
+        from demo.jobs import Jobs
+        from demo.page import build_ui
 
         jobs = Jobs(cfg, limits)
     except UsageError as e:

@@ -4,7 +4,7 @@ preset's training otherwise, then judged on those seeds and on as many others. I
 not an upper bound (a run can stay on a plateau, as any training can): docs/digits.md, "Why the goal is not
 reached", measurement 6.
 
-python digits/ceiling.py --class_index 2 4 8 --seeds 100 --out out/ceiling     # -- --lr 0.02: other run.py flags
+python experiments/digits/ceiling.py --class_index 2 4 8 --seeds 100 --out out/ceiling   # -- --lr 0.02: run.py flags
 
 Per class (1-based): the judge's accuracy on the fitted seeds for the baseline prompt, the kept token
 (lowest training loss) and the token of the epoch with the highest training accuracy, and the same
@@ -18,11 +18,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import VALIDATION_SEED  # noqa: E402
 from diffusion import initial_noise  # noqa: E402
-from digits.selection import judged, world  # noqa: E402
+from experiments.digits.selection import judged, world  # noqa: E402
 from prompt_datasets import EVAL_TEMPLATE, class_prompt  # noqa: E402
 from stats import paired_gain  # noqa: E402
 from train import Run, make_scaler, save_token, train_runs  # noqa: E402

@@ -2,7 +2,8 @@
 initializer (scale 0: the initializer "a", the baseline prompt; 1: the trained token; 2: twice as far)
 and judges "A photo of S_c <word>" on the validation seeds, with the agreement of the two classifiers.
 
-python digits/token_scale.py out/sel/pipeline_token/4_curl/s1e10_s36/learned_embeds.safetensors --scales 0 1 1.5 2
+python experiments/digits/token_scale.py \
+    out/sel/pipeline_token/4_curl/s1e10_s36/learned_embeds.safetensors --scales 0 1 1.5 2
 
 The class is read from the token's folder (<class dir>/<exp_id>/learned_embeds.safetensors) or given with
 --class_index (1-based). Prints one markdown row per token: judge accuracy / agreement per scale.
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import VALIDATION_SEED  # noqa: E402
-from digits.selection import judged, world  # noqa: E402
+from experiments.digits.selection import judged, world  # noqa: E402
 from train import load_token  # noqa: E402
 
 

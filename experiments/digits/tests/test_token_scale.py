@@ -1,8 +1,8 @@
-"""digits/token_scale.py: points along a token's offset from the initializer, judged on the digits world."""
+"""experiments/digits/token_scale.py: points along a token's offset from the initializer, judged on the digits world."""
 
 import torch
 
-from digits.token_scale import along, main
+from experiments.digits.token_scale import along, main
 
 
 def test_along_runs_from_the_initializer_through_the_token():

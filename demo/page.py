@@ -1,14 +1,14 @@
 """The web demo's page: four tabs (Train, Compare, Use the token, Results) and the events that join
-them to app_handlers. Every action is also an API endpoint for gradio_client."""
+them to demo.handlers. Every action is also an API endpoint for gradio_client."""
 
 import os
 from types import SimpleNamespace as Parts
 
 import gradio as gr
 
-from app_handlers import CURVES, LOG_HEADERS, Handlers, page_errors, short
-from app_inputs import TOKEN_WORD, class_choices
 from config import PRESETS, RunConfig
+from demo.handlers import CURVES, LOG_HEADERS, Handlers, page_errors, short
+from demo.inputs import TOKEN_WORD, class_choices
 
 PRIVATE = dict(api_visibility="private", queue=False)  # page-only events, answered at once
 MODEL = dict(concurrency_id="model")  # one job at a time over every endpoint that uses the models
@@ -82,7 +82,7 @@ def train_tab(h: Handlers) -> Parts:
 
 
 def curve_plots(elem_id: str) -> list[gr.LinePlot]:
-    """The loss and the accuracy per epoch (app_handlers.curves feeds them)."""
+    """The loss and the accuracy per epoch (demo.handlers.curves feeds them)."""
     return [
         gr.LinePlot(None, x="epoch", y=k, y_lim=[0, top], label=f"{k} per epoch", elem_id=f"{elem_id}-{k}", height=200)
         for k, top in zip(CURVES, (None, 1))

@@ -1,4 +1,4 @@
-"""The web demo's event handlers: each turns a page event (or API call) into a job of app_jobs and
+"""The web demo's event handlers: each turns a page event (or API call) into a job of demo.jobs and
 its result into what the page shows. Messages are one line, never a stack trace or a server path."""
 
 import functools
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from app_inputs import TOKEN_WORD, class_choices
+from demo.inputs import TOKEN_WORD, class_choices
 from utils import UsageError, to_pil, view_scale
 
-HIDDEN_PATHS: list[str] = [str(Path(__file__).resolve().parent)]  # + the output folder (Handlers)
+HIDDEN_PATHS: list[str] = [str(Path(__file__).resolve().parents[1])]  # + the output folder (Handlers)
 LOG_HEADERS = ["epoch", "loss", "accuracy", "grad_norm"]
 
 

@@ -1,7 +1,7 @@
-"""digits/selection.py's replay of the selection rules: the same choice as run.py's (workspace.best_offer),
+"""experiments/digits/selection.py's replay of the selection rules: the same choice as run.py's (workspace.best_offer),
 restricted to each rule's pool of tokens."""
 
-from digits.selection import rules
+from experiments.digits.selection import rules
 
 
 def offer(candidate, epoch, selection, loss=1.0):

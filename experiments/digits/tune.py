@@ -2,9 +2,9 @@
 through run.py for the six ambiguous classes and judged by the independent classifier_b on the
 validation seeds; the table says which settings pay. Test seeds are never touched here.
 
-python digits/tune.py                          # every candidate, the six ambiguous classes
-python digits/tune.py --only fresh lr03 --classes 9 8
-python digits/tune.py --only fixed_ep100__s36     # a candidate with other training noises (--seed 36)
+python experiments/digits/tune.py                          # every candidate, the six ambiguous classes
+python experiments/digits/tune.py --only fresh lr03 --classes 9 8
+python experiments/digits/tune.py --only fixed_ep100__s36     # a candidate with other training noises (--seed 36)
 """
 
 import argparse
@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import run  # noqa: E402

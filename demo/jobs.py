@@ -1,6 +1,6 @@
 """The web demo's work, without the web: the models loaded once, and training, comparison and
 generation through the project's own train_class / evaluate_class / generate, one job at a time.
-Requests are checked by app_inputs, paths by app_store. No gradio here."""
+Requests are checked by demo.inputs, paths by demo.store. No gradio here."""
 
 import dataclasses
 import queue
@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import torch
 
-from app_inputs import Limits, parse_class, prompt_text, train_settings, whole
 from config import RunConfig
+from demo.inputs import Limits, parse_class, prompt_text, train_settings, whole
 from report import write_summary
 from workspace import device_and_dtype, load_classifiers, load_diffusion, quiet_libraries, train_and_record
 
@@ -23,7 +23,7 @@ class Jobs:
     def __init__(self, cfg: RunConfig, limits: Limits):
         from accelerate import PartialState
 
-        from app_store import Store
+        from demo.store import Store
 
         quiet_libraries()
         self.limits = limits

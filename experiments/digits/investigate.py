@@ -1,7 +1,7 @@
 """Why does gradient through the last denoising step barely move the digits world?
 
-    python digits/investigate.py                 # all three parts, markdown on stdout (~20 min, 2 cores)
-    python digits/investigate.py --parts decided,gradient
+    python experiments/digits/investigate.py                 # all three parts, markdown on stdout (~20 min, 2 cores)
+    python experiments/digits/investigate.py --parts decided,gradient
 
 1. decided: for each ambiguous word, at which step of the sampler is the digit fixed? The
    predicted x0 of every step is decoded and classified; we report how often it already
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402

@@ -2,7 +2,7 @@
 
     python run.py --preset digits --class_index 1,2,4,7,8,9 --generate 50 --generate_baseline True \\
         --output_path runs/evid                       # tokens, then 50 token and 50 baseline images per class
-    python digits/augment.py --run runs/evid          # this table (seconds)
+    python experiments/digits/augment.py --run runs/evid          # this table (seconds)
 
 The paper claims DisCo's images help to augment training data in a low-resource setting. Here a
 logistic regression on pixels (16 x 16 gray, sklearn) is trained on k real train-split digits per
@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_ROOT = str(Path(__file__).resolve().parents[1])
+_ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
