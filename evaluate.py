@@ -14,7 +14,7 @@ from config import GENERATE_SEED_OFFSET
 from diffusion import generate, precision, safety_checked, set_token
 from prompt_datasets import EVAL_TEMPLATE, class_prompt
 from stats import frechet_distance, paired_gain, wilson
-from train import load_token
+from tokens import load_token
 from utils import UsageError, comparison_grid, empty_dir, save_image, write_json
 
 
@@ -117,20 +117,6 @@ def intervals(res: dict, target: int) -> dict:
     out = {f"{kind}_ci": list(wilson(sum(h), len(h))) for kind, h in hits.items()}
     gain, low, high = paired_gain(hits["token"], hits["baseline"])
     return out | dict(gain=gain, gain_ci=[low, high])
-
-
-def selection_accuracies(cfg, sd, clf, options: list[tuple]) -> list[dict]:
-    """Each option's ((token, target, class name)) accuracy on the selection seeds, judged by the training
-    classifier `clf` only (the evaluation classifier and the evaluation seeds never take part in choosing),
-    with its Wilson interval."""
-    from config import SELECTION_SEED
-
-    seeds = list(range(SELECTION_SEED, SELECTION_SEED + cfg.select_size))
-    out = []
-    for images, (_, target, _) in zip(token_images(cfg, sd, [(t, n) for t, _, n in options], seeds), options):
-        hits = sum(p == target for p in classify(clf, images, cfg.eval_batch_size, sd.device))
-        out.append(dict(selection_accuracy=hits / len(seeds), selection_ci=list(wilson(hits, len(seeds)))))
-    return out
 
 
 def token_images(cfg, sd, options: list[tuple], seeds: list[int]):

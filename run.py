@@ -88,7 +88,7 @@ def finish_class(cfg: "RunConfig", sd, c: int, name: str, paths) -> None:
     """After training and evaluation: generated images and the full pipeline, as asked."""
     from diffusion import set_token
     from evaluate import generate_dataset
-    from train import load_token
+    from tokens import load_token
     from workspace import save_full_pipeline
 
     if cfg.generate:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from diffusion import (
@@ -27,13 +26,12 @@ from diffusion import (
     initial_noise,
     longest_prompt,
     set_token,
-    token_tensors,
-    token_value,
     unconditional,
 )
 from prompt_datasets import PromptDataset
 from report import training_curve
-from utils import atomic_path, save_image, write_text
+from tokens import save_token
+from utils import save_image, write_text
 
 
 def straight_through_clamp(images: torch.Tensor) -> torch.Tensor:
@@ -86,16 +84,6 @@ def micro_batch_size(cfg, device: torch.device, runs: int = 1, limit: int = 0) -
     fits = min(fits, limit or fits)
     n = -(-total // fits)  # fewest micro-batches, balanced: 5 -> 3 + 2, not 4 + 1
     return -(-total // n)
-
-
-def save_token(path, sd, placeholder: str, value: torch.Tensor, webui: bool = False) -> None:
-    """The token file every tool loads (diffusion.token_tensors; docs/original.md §8), written atomically."""
-    with atomic_path(path) as tmp:
-        save_file(token_tensors(sd, value, placeholder, webui), tmp)
-
-
-def load_token(path, sd, placeholder: str) -> torch.Tensor:
-    return token_value(sd, load_file(str(path)), placeholder, path)
 
 
 def make_scaler(sd, cfg) -> torch.amp.GradScaler:
@@ -179,7 +167,7 @@ class Run:
         if c.clip_before_backward:  # the update came from the last image alone when the last clip cut
             entry |= dict(clips=self.clips, last_image_regime=bool(self.clips and self.clips[-1]))
         self.log.append(entry | dict(lr=c.lr, noise_seed=self.noise_seed, seed=self.seed))
-        if c.select_every and (epoch + 1) % c.select_every == 0:  # offered to the selection (workspace.keep_best)
+        if c.select_every and (epoch + 1) % c.select_every == 0:  # offered to the selection (selection.keep_best)
             self.snapshots[epoch] = self.token.detach().clone()
         write_text(self.log_path, "".join(json.dumps(e) + "\n" for e in self.log))
         if update["zero_grad"] and sum(e["zero_grad"] for e in self.log) == 1:

@@ -138,6 +138,7 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     together; with several candidates, keep per class the one most accurate on the selection seeds
     (judged by the training classifier only). Writes config.json before, the tokens and
     train_summary.json after."""
+    from selection import candidate_seed, keep_best, selection_scores
     from train import forward_size, new_run, train_runs
 
     runs = []
@@ -191,87 +192,6 @@ def logged(tracker, on_epoch):
         return on_epoch is not None and on_epoch(run, entry, images)
 
     return callback
-
-
-def candidate_seed(seed: int, k: int) -> int:
-    """Candidate k's training-noise seed: candidate 0 is the run's own `seed` (so --candidates 1 is the
-    original's single run); the others are far from every evaluation range (config.py, "seed ranges")."""
-    from config import CANDIDATE_SEED_STRIDE
-
-    return seed + k * CANDIDATE_SEED_STRIDE
-
-
-def offered(run) -> list[tuple]:
-    """A run's tokens offered to the selection: (epoch of a snapshot or None for the kept token, token)."""
-    return [(None, run.kept)] + list(run.snapshots.items())
-
-
-def selection_scores(cfg: RunConfig, sd, clf, per_class: list[list], names: list[str]) -> list:
-    """Per class, per run, per offered token: its selection accuracy (all classes' tokens generated
-    together); None per class when nothing is to be chosen (one run, no snapshots)."""
-    from config import selecting
-    from evaluate import selection_accuracies
-
-    if not selecting(cfg):
-        return [None] * len(per_class)
-    options = [
-        (tok, run.target, name) for runs, name in zip(per_class, names) for run in runs for _, tok in offered(run)
-    ]
-    scores = iter(selection_accuracies(cfg, sd, clf, options))
-    return [[[next(scores) for _ in offered(run)] for run in runs] for runs in per_class]
-
-
-def best_offer(offers: list[tuple]) -> int:
-    """The chosen offer among (selection accuracy, snapshot epoch or None for a kept token, the run's best
-    training loss): the most accurate; ties: a kept token, then the lower loss, then the first listed."""
-    return max(range(len(offers)), key=lambda i: (offers[i][0], offers[i][1] is None, -offers[i][2]))
-
-
-def keep_best(cfg: RunConfig, sd, runs: list, scores, paths: "ClassPaths") -> dict:
-    """Save each candidate's kept token (and its snapshots); the chosen one (the only one, or the most
-    accurate on the selection seeds; ties: a kept token, then the lower training loss) becomes the
-    class's token. Returns the chosen run's summary, every candidate listed when there was a choice."""
-    from diffusion import set_token
-    from train import save_token
-
-    if scores is None:
-        k, epoch, listing = 0, None, None
-    else:
-        flat = [(j, e, a) for j, (r, s) in enumerate(zip(runs, scores)) for (e, _), a in zip(offered(r), s)]
-        k, epoch, _ = flat[best_offer([(a["selection_accuracy"], e, runs[j].best_loss) for j, e, a in flat])]
-        picked = [[(j, e) == (k, epoch) for e, _ in offered(r)] for j, r in enumerate(runs)]
-        listing = [candidate_entry(cfg, sd, *row) for row in zip(runs, scores, picked)]
-    token = runs[k].kept if epoch is None else runs[k].snapshots[epoch]
-    set_token(sd, token)
-    save_token(paths.token, sd, cfg.placeholder_token, token)
-    if cfg.webui_token:
-        save_token(paths.webui_token, sd, cfg.placeholder_token, token, webui=True)
-    summary = runs[k].summary()
-    if listing is None:
-        return summary
-    if epoch is not None:
-        summary |= dict(
-            kept_token=f"the token after epoch {epoch}'s update (a snapshot, chosen on the selection seeds)"
-        )
-    return summary | dict(candidate=k, snapshot_epoch=epoch, candidates=listing)
-
-
-def candidate_entry(cfg: RunConfig, sd, run, scores: list[dict], picked: list[bool]) -> dict:
-    """One candidate in train_summary.json, its tokens written beside its log (files relative to its folder):
-    the kept token and, with --select_every, the snapshots; `scores` and `picked` (the class's token?)
-    follow `offered(run)`."""
-    from train import save_token
-
-    folder = run.log_path.parent  # one run: the class's own folder, where learned_embeds is the chosen token
-    kept = folder / ("learned_embeds.safetensors" if cfg.candidates > 1 else "kept_token.safetensors")
-    save_token(kept, sd, cfg.placeholder_token, run.kept)
-    snapshots = []
-    for (epoch, token), score, chosen in zip(list(run.snapshots.items()), scores[1:], picked[1:]):
-        file = folder / "snapshots" / f"epoch{epoch:04d}.safetensors"
-        save_token(file, sd, cfg.placeholder_token, token)
-        snapshots.append(dict(epoch=epoch, file=str(file.relative_to(folder)), chosen=chosen) | score)
-    entry = run.summary() | scores[0] | dict(file=kept.name, chosen=any(picked), kept_token_chosen=picked[0])
-    return entry | (dict(snapshots=snapshots) if snapshots else {})
 
 
 def save_full_pipeline(sd, out: Path) -> None:

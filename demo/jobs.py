@@ -93,7 +93,7 @@ class Jobs:
         """Images of a free prompt in which 'S_c' stands for the trained token."""
         from diffusion import generate, set_token
         from evaluate import classify
-        from train import load_token
+        from tokens import load_token
 
         cfg = self.cfg
         n = whole(images, "images", 1, self.limits.max_images, " (the server's --max_images)")

@@ -13,7 +13,8 @@ from conftest import LABELS, ROOT, tiny_args
 from safetensors.torch import load_file
 
 from diffusion import encode, generate, initial_noise, load_sd, set_token
-from train import load_token, save_token, train_step
+from tokens import load_token, save_token
+from train import train_step
 
 sys.path.insert(0, str(ROOT / "docs"))
 from reuse_example import add_token  # noqa: E402

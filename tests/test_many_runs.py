@@ -147,11 +147,12 @@ def test_make_scaler_is_per_run(tiny):
 
 def test_candidates_are_chosen_on_selection_seeds_by_the_training_classifier(tiny, tmp_path, monkeypatch):
     import evaluate
+    import selection
 
     seen = []
-    real_classify, real_generate = evaluate.classify, evaluate.generate
+    real_classify, real_generate = selection.classify, evaluate.generate
     monkeypatch.setattr(
-        evaluate, "classify", lambda clf, *a: seen.append(("judge", clf.name)) or real_classify(clf, *a)
+        selection, "classify", lambda clf, *a: seen.append(("judge", clf.name)) or real_classify(clf, *a)
     )
     monkeypatch.setattr(
         evaluate, "generate", lambda sd, p, seeds, *a: seen.append(("seeds", seeds)) or real_generate(sd, p, seeds, *a)
@@ -213,12 +214,12 @@ def test_one_runs_kept_token_is_kept_when_a_snapshot_wins(tiny, tmp_path, monkey
     kept_token.safetensors; here the selection is rigged so that the last snapshot wins."""
     from safetensors.torch import load_file
 
-    import evaluate
+    import selection
 
     def rigged(cfg, sd, clf, options):
         return [dict(selection_accuracy=float(i == len(options) - 1), selection_ci=[0, 1]) for i in range(len(options))]
 
-    monkeypatch.setattr(evaluate, "selection_accuracies", rigged)
+    monkeypatch.setattr(selection, "selection_accuracies", rigged)
     out = tmp_path / "out"
     args = tiny_args(tiny, out, "--select_every", "2", "--num_train_epochs", "4", "--lr", "0.5", "--evaluate", "False")
     assert main(args) == 0

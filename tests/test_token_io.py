@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion import generate, load_sd, set_token
-from train import load_token, save_token
+from tokens import load_token, save_token
 
 
 def test_token_round_trips_through_load_textual_inversion(tiny, tmp_path):

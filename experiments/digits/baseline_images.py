@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import GENERATE_SEED_OFFSET  # noqa: E402
 from diffusion import generate  # noqa: E402
-from experiments.digits.selection import world  # noqa: E402
+from experiments.digits.replay_selection import world  # noqa: E402
 from prompt_datasets import EVAL_TEMPLATE, class_prompt  # noqa: E402
 from utils import empty_dir, save_image  # noqa: E402
 

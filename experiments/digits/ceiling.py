@@ -22,10 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import VALIDATION_SEED  # noqa: E402
 from diffusion import initial_noise  # noqa: E402
-from experiments.digits.selection import judged, world  # noqa: E402
+from experiments.digits.replay_selection import judged, world  # noqa: E402
 from prompt_datasets import EVAL_TEMPLATE, class_prompt  # noqa: E402
 from stats import paired_gain  # noqa: E402
-from train import Run, make_scaler, save_token, train_runs  # noqa: E402
+from tokens import save_token  # noqa: E402
+from train import Run, make_scaler, train_runs  # noqa: E402
 from utils import empty_dir, write_text  # noqa: E402
 
 

@@ -18,8 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import VALIDATION_SEED  # noqa: E402
-from experiments.digits.selection import judged, world  # noqa: E402
-from train import load_token  # noqa: E402
+from experiments.digits.replay_selection import judged, world  # noqa: E402
+from tokens import load_token  # noqa: E402
 
 
 def along(init: torch.Tensor, token: torch.Tensor, scales: list[float]) -> list[torch.Tensor]:

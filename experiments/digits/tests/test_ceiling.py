@@ -25,7 +25,7 @@ def test_fitted_seeds_are_trained_on_the_evaluation_prompt_and_noises(tmp_path):
     fitted seeds, pixel for pixel; one epoch: the best token is the initializer and scores as the baseline."""
     from diffusion import initial_noise
     from evaluate import token_images
-    from experiments.digits.selection import world
+    from experiments.digits.replay_selection import world
 
     cfg, sd, _ = world()
     run = FittedRun(cfg, 3, "curl", 35, tmp_path / "log", tmp_path, sd.init_embedding, None, fitted=[1000, 1001])
@@ -58,8 +58,8 @@ def test_score_saves_the_token_that_drew_the_best_epoch(tmp_path):
     """Epoch 2 has the best training accuracy: its images came from the snapshot after epoch 1, which is
     saved and judged as the best-epoch token; the kept token is saved beside it."""
     from experiments.digits.ceiling import score
-    from experiments.digits.selection import world
-    from train import load_token
+    from experiments.digits.replay_selection import world
+    from tokens import load_token
 
     cfg, sd, classifiers = world()
     run = FittedRun(cfg, 8, "curl", 35, tmp_path / "log", tmp_path, sd.init_embedding, None, fitted=[1000, 1001])

@@ -16,7 +16,7 @@ def test_scale_zero_is_the_baseline_prompt(tmp_path, capsys):
     is the same; a random token at scale 0 is the initializer again."""
     from config import parse_args
     from diffusion import load_sd
-    from train import save_token
+    from tokens import save_token
 
     cfg = parse_args(["--preset", "digits", "--device", "cpu"])
     sd = load_sd(cfg.sd_model, torch.device("cpu"), torch.float32, (16, 16), cfg.placeholder_token, "a")

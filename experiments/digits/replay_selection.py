@@ -12,11 +12,12 @@ tokens on the validation seeds with the judge and replays the selection rules on
 - `single, every M`: candidate 0's kept token and snapshots (`--candidates 1 --select_every M`);
 - `oracle`: the best token on the validation seeds themselves (a reference, not a rule).
 
-Every rule chooses by the selection seeds alone (workspace.best_offer); the judge and the validation seeds
+Every rule chooses by the selection seeds alone (selection.best_offer); the judge and the validation seeds
 only score the choice. Writes `selection_<exp_id>.json` into the run's folder and prints a table.
 
-python experiments/digits/selection.py out/sel --exp_id k3e10_s36 --every 10 20
-python experiments/digits/selection.py out/sel --exp_id k3e10_s36 --export "single, every 10" --as s1e10_s36   # then
+python experiments/digits/replay_selection.py out/sel --exp_id k3e10_s36 --every 10 20
+python experiments/digits/replay_selection.py out/sel --exp_id k3e10_s36 --export "single, every 10" \
+    --as s1e10_s36   # then
 python run.py --preset digits --class_index 1-10 --train False --exp_id s1e10_s36 --output_path out/sel
 
 `--export RULE --as EXP` writes, per class, the token RULE chooses (by the selection seeds, as above) as
@@ -35,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import VALIDATION_SEED, parse_args  # noqa: E402
 from evaluate import classify, token_images  # noqa: E402
-from train import load_token  # noqa: E402
-from workspace import ClassPaths, best_offer, load_classifiers, load_diffusion, quiet_libraries  # noqa: E402
+from selection import best_offer  # noqa: E402
+from tokens import load_token  # noqa: E402
+from workspace import ClassPaths, load_classifiers, load_diffusion, quiet_libraries  # noqa: E402
 
 
 def offers(summary: dict, folder: Path) -> list[dict]:

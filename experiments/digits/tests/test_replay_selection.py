@@ -1,7 +1,7 @@
-"""experiments/digits/selection.py's replay of the selection rules: the same choice as run.py's (workspace.best_offer),
-restricted to each rule's pool of tokens."""
+"""experiments/digits/replay_selection.py replays the selection rules: the same choice as run.py's
+(selection.best_offer), restricted to each rule's pool of tokens."""
 
-from experiments.digits.selection import rules
+from experiments.digits.replay_selection import rules
 
 
 def offer(candidate, epoch, selection, loss=1.0):
