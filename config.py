@@ -23,7 +23,6 @@ from utils import UsageError, parse_bool, parse_class_spec
 HERE = Path(__file__).resolve().parent
 SD_1_4 = "CompVis/stable-diffusion-v1-4"
 SD_2_1 = "stabilityai/stable-diffusion-2-1-base"
-CLASSIFIER_PRESETS = ("inet", "inat", "cub")
 
 # Three disjoint seed ranges (docs/digits.md "Seeds"), so that a reported number comes from seeds that
 # neither training nor the choice of settings saw:
@@ -302,7 +301,9 @@ def _model_ref_ok(ref: str, flag: str) -> bool:
     """A local folder that exists, or something shaped like a hub id (org/name or name)."""
     if flag == "eval_classifier" and not ref:
         return True
-    if flag != "sd_model" and (ref in CLASSIFIER_PRESETS or ref.startswith("timm/")):
+    from classifiers import PRESETS  # the classifier presets' one list
+
+    if flag != "sd_model" and (ref in PRESETS or ref.startswith("timm/")):
         return True
     if Path(ref).expanduser().is_dir():
         return True

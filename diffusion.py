@@ -1,6 +1,6 @@
 """The diffusion model side: loading any supported pipeline (families.py) with the class token S_c
 added to its text encoders, prompt encoding, the one denoising loop used by training and generation,
-decoding, and the token files."""
+and decoding (token files: tokens.py)."""
 
 import warnings
 from contextlib import contextmanager
@@ -98,6 +98,7 @@ def load_sd(
     size: tuple[int, int],
     placeholder: str,
     initializer: str,
+    *,
     slots: int = 1,
     safety_checker: bool = False,
     train_encoders: str = "",
@@ -113,8 +114,8 @@ def load_sd(
     trained = trained_keys(train_encoders, present, family)
     pipe = model
     if isinstance(model, str):
-        drop = not safety_checker and cls == "StableDiffusionPipeline"
-        no_checker = dict(safety_checker=None, requires_safety_checker=False) if drop else {}
+        drop = not safety_checker and family.safety_checker is not None
+        no_checker = {family.safety_checker: None, "requires_safety_checker": False} if drop else {}
         with hub_guard(f"Stable Diffusion model {model}"):
             pipe = getattr(diffusers, cls).from_pretrained(model, **no_checker)
     pipe.set_progress_bar_config(disable=True)
@@ -157,8 +158,8 @@ def trained_keys(train_encoders: str, present: list[str], family) -> list[str]:
 def _place(pipe, family, device, dtype) -> None:
     """Frozen models on the device: the denoiser and VAE in the run's dtype, text encoders in fp32 (docs/
     original.md §3). An SDXL VAE asks to stay in fp32 (`force_upcast`: it overflows in fp16)."""
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3", "safety_checker"):
-        if getattr(pipe, name, None) is not None:
+    for name in [te for te, _, _ in family.encoders] + [family.safety_checker]:
+        if name is not None and getattr(pipe, name, None) is not None:
             getattr(pipe, name).requires_grad_(False).eval().to(device)
     denoiser, vae = getattr(pipe, family.denoiser), pipe.vae
     for m in (denoiser, vae):
@@ -243,12 +244,13 @@ def precision(sd: SD, dtype: torch.dtype):
 def safety_checked(sd: SD, images: torch.Tensor) -> torch.Tensor:
     """Images [N, 3, H, W] in [0, 1] through the model's safety checker, when it has one: a flagged image
     comes back black (and counts as wrong), as in the original's evaluation (docs/original.md §6)."""
-    if getattr(sd.pipe, "safety_checker", None) is None:
+    if sd.family.safety_checker is None or getattr(sd.pipe, sd.family.safety_checker, None) is None:
         return images
-    device = next(sd.pipe.safety_checker.parameters()).device
+    checker = getattr(sd.pipe, sd.family.safety_checker)
+    device = next(checker.parameters()).device
     pil = sd.pipe.image_processor.numpy_to_pil(images.permute(0, 2, 3, 1).float().numpy())
     clip_input = sd.pipe.feature_extractor(pil, return_tensors="pt").pixel_values.to(device)
-    checked, _ = sd.pipe.safety_checker(images=images.clone(), clip_input=clip_input)
+    checked, _ = checker(images=images.clone(), clip_input=clip_input)
     return checked
 
 

@@ -54,6 +54,7 @@ class StableDiffusion:
     # and CLIP's pooled vector unused (so its legacy pooling needs no fix).
     classic = True
     vae_upcast = False  # keep the VAE in fp32 under fp16 when its config asks (`force_upcast`)
+    safety_checker = "safety_checker"  # the pipeline's safety-checker component (None: the family has none)
 
     def encode(self, sd, prompts: list[str], length: int | None = None, autocast: bool = False) -> Prompt:
         """Padded to `length` tokens, by default the tokenizer's max length, as generation pads them (the
@@ -98,6 +99,7 @@ class StableDiffusionXL(StableDiffusion):
     encoders = (("text_encoder", "tokenizer", "clip_l"), ("text_encoder_2", "tokenizer_2", "clip_g"))
     classic = False
     vae_upcast = True  # SDXL's VAE overflows in fp16
+    safety_checker = None
 
     def encode(self, sd, prompts: list[str], length=None, autocast=False) -> Prompt:
         embeds, _, pooled, _ = sd.pipe.encode_prompt(
@@ -126,6 +128,7 @@ class StableDiffusion3(StableDiffusion):
     name = "SD3"
     denoiser = "transformer"
     classic = False
+    safety_checker = None
     encoders = StableDiffusionXL.encoders + (("text_encoder_3", "tokenizer_3", "t5xxl"),)
 
     def encode(self, sd, prompts: list[str], length=None, autocast=False) -> Prompt:
@@ -161,6 +164,7 @@ class Flux(StableDiffusion):
     name = "FLUX.1"
     denoiser = "transformer"
     classic = False
+    safety_checker = None
     encoders = (("text_encoder", "tokenizer", "clip_l"), ("text_encoder_2", "tokenizer_2", "t5xxl"))
 
     def encode(self, sd, prompts: list[str], length=None, autocast=False) -> Prompt:

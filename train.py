@@ -146,9 +146,13 @@ class Run:
         """This epoch's prompts (with the run's slot word) and starting noises (the same every epoch
         until a collapse re-seeds them, as the paper; `fresh_noise`: new ones each epoch)."""
         c = self.cfg
-        words = PromptDataset(sd.slot_word(self.slot), self.name, c.number_of_prompts, c.epoch_size)
         seed = self.noise_seed + (epoch if c.fresh_noise else 0)
-        return words.epoch(self.seed, epoch), initial_noise(sd, n=c.epoch_size, seed=seed)
+        return self.prompts(epoch, sd.slot_word(self.slot)), initial_noise(sd, n=c.epoch_size, seed=seed)
+
+    def prompts(self, epoch: int, word: str) -> list[str]:
+        """The epoch's prompts in image order, with `word` as the placeholder."""
+        c = self.cfg
+        return PromptDataset(word, self.name, c.number_of_prompts, c.epoch_size).epoch(self.seed, epoch)
 
     def clip_before_backward(self) -> None:
         """The original's `clip_grad_norm_` before `accelerator.backward` (docs/original.md §7.1): it acts on
@@ -164,6 +168,7 @@ class Run:
         token_before = self.token.detach().clone()  # the token that produced this epoch's images
         update = update_token(self.opt, self.scaler, self.token, c.max_grad_norm, loss, not c.clip_before_backward)
         entry = dict(epoch=epoch, loss=loss, accuracy=accuracy, predictions=preds, **update)
+        entry["prompts"] = self.prompts(epoch, c.placeholder_token)  # image j's prompt, as the original logs them
         if c.clip_before_backward:  # the update came from the last image alone when the last clip cut
             entry |= dict(clips=self.clips, last_image_regime=bool(self.clips and self.clips[-1]))
         self.log.append(entry | dict(lr=c.lr, noise_seed=self.noise_seed, seed=self.seed))

@@ -108,9 +108,17 @@ def load_diffusion(cfg: RunConfig, classifiers: dict, device: torch.device, dtyp
         raise UsageError(f"--{sd_only[0]}: reproduces the original's SD 1.x computation; not for a {family.name} model")
     for clf in classifiers.values():  # fp32, fed fp32 images, as the original (docs/original.md §3)
         clf.to(device)
-    size, slots = (cfg.height, cfg.width), cfg.class_batch * cfg.candidates  # one placeholder slot per run
-    words = cfg.placeholder_token, cfg.initializer_token
-    sd = load_sd(cfg.sd_model, device, dtype, size, *words, slots, cfg.eval_as_original, cfg.train_encoders)
+    sd = load_sd(
+        cfg.sd_model,
+        device,
+        dtype,
+        size=(cfg.height, cfg.width),
+        placeholder=cfg.placeholder_token,
+        initializer=cfg.initializer_token,
+        slots=cfg.class_batch * cfg.candidates,  # one placeholder slot per run
+        safety_checker=cfg.eval_as_original,  # the original evaluated through the model's checker
+        train_encoders=cfg.train_encoders,
+    )
     configure(sd, cfg.gradient_checkpointing, cfg.compile)
     return sd
 

@@ -33,7 +33,8 @@ def zoo(tmp_path_factory) -> dict:
 
 
 def _sd(zoo, variant, train_encoders=""):
-    return load_sd(zoo[variant], torch.device("cpu"), torch.float32, (16, 16), "newclas", "a", 1, False, train_encoders)
+    cpu = torch.device("cpu")
+    return load_sd(zoo[variant], cpu, torch.float32, (16, 16), "newclas", "a", train_encoders=train_encoders)
 
 
 def _pipe(zoo, variant):

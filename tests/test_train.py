@@ -142,3 +142,36 @@ def test_train_mode_changes_only_rounding(setup):
 def test_prompts_pad_to_max_length(setup):
     _, sd, _ = setup
     assert encode(sd, ["A photo of newclas tiger cat"]).embeds.shape[1] == sd.tokenizer.model_max_length
+
+
+def test_training_log_records_each_images_prompt_in_order(tiny, tmp_path, monkeypatch):
+    """train_log.jsonl names the prompt of every training image, in image order, as the model saw it
+    (class batches write each run's slot word; the log writes the placeholder)."""
+    import json
+
+    from conftest import tiny_args
+
+    import train
+    from run import main
+
+    seen, real = [], train.train_step
+    monkeypatch.setattr(
+        train, "train_step", lambda sd, clf, prompts, *a: seen.append(prompts) or real(sd, clf, prompts, *a)
+    )
+    out = tmp_path / "out"
+    args = tiny_args(
+        tiny, out, "--class_index", "2,3", "--class_batch", "2", "--epoch_size", "3", "--evaluate", "False"
+    )
+    assert main([*args, "--batch_size", "1", "--number_of_prompts", "3", "--accuracy_stop", "1"]) == 0
+    logs = {
+        c: [json.loads(line) for line in (out / "pipeline_token" / c / "default" / "train_log.jsonl").open()]
+        for c in ("2_tiger_cat", "3_crane")
+    }
+    # batch 1 per run: forward j holds image j of run 0 (word newclas) and of run 1 (newclas1)
+    assert len(seen) == 6 and all(len(p) == 2 and " newclas1 " in p[1] for p in seen)
+    for epoch in range(2):
+        calls = seen[epoch * 3 : (epoch + 1) * 3]
+        for k, c in enumerate(logs):
+            shown = [p[k].replace("newclas1", "newclas") for p in calls]
+            assert logs[c][epoch]["prompts"] == shown and len(set(shown)) == 3
+    assert all(p.endswith(" newclas crane") for e in logs["3_crane"] for p in e["prompts"])

@@ -897,7 +897,7 @@ def bench_sd(args, shape_name: str, out: Path, result: dict) -> None:
         cfg = make_cfg(shape, folder, device)
         dev, dtype = device_dtype(cfg)
         words, slots = (cfg.placeholder_token, cfg.initializer_token), max(CLASS_BATCH_RUNS)  # a slot per run
-        sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), *words, slots)
+        sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), *words, slots=slots)
         clf = build_classifier(shape).to(dev)  # fp32, as workspace.load_diffusion leaves it
         if dev.type == "cuda":
             result["device"] = torch.cuda.get_device_name(dev)
