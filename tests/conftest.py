@@ -18,7 +18,7 @@ TINY_SIZE = 16
 
 
 def build_tiny_pipeline(path: Path) -> Path:
-    """bench.py's tiny shapes: the same builder makes the benchmark's SD 1.4-shaped models
+    """tools/bench.py's tiny shapes: the same builder makes the benchmark's SD 1.4-shaped models
     (PNDM scheduler as SD 1.4, CLIP-style tokenizer padded to 49408 entries, 77 positions)."""
     from tools.bench import SHAPES, build_pipeline
 

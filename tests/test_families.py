@@ -1,5 +1,5 @@
 """SDXL (and -Turbo), SD3 and FLUX.1 (schnell- and dev-like) on tiny models built from configs
-(model_zoo.py), saved and loaded back through `--sd_model` as a user's hub model: the project's loop
+(tools/model_zoo.py), saved and loaded back through `--sd_model` as a user's hub model: the project's loop
 gives the pipeline's own images, the gradient reaches every trained row and nothing else, the token
 files load into diffusers, and run.py trains and evaluates each family."""
 

@@ -1,7 +1,7 @@
 """model_zoo: each family's tiny pipeline loads back through `DiffusionPipeline.from_pretrained` (offline, as a
 hub model loads) and draws a 16-px image; its tokenizers hold the prompt words as single tokens; its configs keep
 what real checkpoints do and the project must handle (legacy CLIP eos, T5 embedding rows beyond the tokenizer).
-The real sizes bench.py times have the released models' parameter counts."""
+The real sizes tools/bench.py times have the released models' parameter counts."""
 
 import json
 from pathlib import Path
@@ -114,7 +114,7 @@ REAL_PARAMETERS["sdxl-turbo"] = REAL_PARAMETERS["sdxl"]
 
 @pytest.mark.parametrize("variant", REAL_PARAMETERS)
 def test_real_shapes_have_the_released_sizes(variant):
-    """bench.py's real-size models, built on the meta device (no memory, no time): the released models'
+    """tools/bench.py's real-size models, built on the meta device (no memory, no time): the released models'
     parameter counts, CLIP's 49408 and T5's 32128 embedding rows, the denoiser in the run's dtype and the rest
     in fp32, and the VAE's and sampler's settings."""
     pipe = pipeline(variant, CLASS_NAMES, shape="real", device="meta", dtype=torch.bfloat16)
@@ -143,7 +143,7 @@ def test_no_real_size_sd3():
 
 
 def test_command_line_builds_a_folder_that_loads(tmp_path):
-    """README's `python model_zoo.py sdxl out/tiny_sdxl --words ...`."""
+    """README's `python tools/model_zoo.py sdxl out/tiny_sdxl --words ...`."""
     import os
     import subprocess
     import sys
@@ -154,7 +154,7 @@ def test_command_line_builds_a_folder_that_loads(tmp_path):
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     cmd = [
         sys.executable,
-        str(root / "tools" / "model_zoo.py"),
+        str(root / "tools" / "tools/model_zoo.py"),
         "sdxl",
         str(tmp_path / "m"),
         "--words",

@@ -1,7 +1,7 @@
 """Augmentation in the digits world: do DisCo's images help a classifier that has few real examples?
 
-    python run.py --preset digits --class_index 1,2,4,7,8,9 --generate 50 --generate_baseline True \\
-        --output_path runs/evid                       # tokens, then 50 token and 50 baseline images per class
+    python run.py --preset digits --class_index 1,2,4,7,8,9 --generate 50 --output_path runs/evid
+    python experiments/digits/baseline_images.py --run runs/evid   # 50 baseline images per class beside them
     python experiments/digits/augment.py --run runs/evid          # this table (seconds)
 
 The paper claims DisCo's images help to augment training data in a low-resource setting. Here a
