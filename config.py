@@ -216,6 +216,20 @@ PRESETS = {
 # Snapshots were measured in the SD world only; the flow world keeps the one kept token.
 PRESETS["digits-flow"] = PRESETS["digits"] | dict(sd_model=str(HERE / "digits" / "flow_pipeline"), select_every=0)
 PRESETS |= FAMILY_PRESETS
+# What the original's code hard-codes rather than reads from its config (docs/original.md §1, §5): with
+# `original` these win over every other preset, and an explicit flag that differs is refused. The world
+# keeps what the original reads from its config (size, steps, guidance, lr, epoch size, epochs).
+ORIGINAL_RULES = dict(
+    grad_steps=1,  # run.py: grad_update_step = num_of_SD_inference_steps - 1, the last sampler step only
+    accuracy_stop=0.7,  # run.py: stops when more than 70% of the epoch's images are the target
+    batch_size=1,  # train_batch_size 1, gradient accumulation over the epoch
+    class_batch=1,  # one class per run (prompt padding and the vocabulary decay are per run)
+    candidates=1,  # one run per class
+    select_every=0,  # no snapshots: the kept token is the pipeline saved at the best loss
+    fresh_noise=False,  # the generator re-seeded with the same seed every epoch
+    reseed_on_collapse=True,  # seed + 1 after an epoch loss above twice the best
+    keep="after_step",  # the pipeline is saved after the best epoch's update
+)
 
 
 def selecting(cfg: RunConfig) -> bool:
@@ -356,13 +370,26 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     if "betas" in given:
         given["betas"] = tuple(given["betas"])
     values = {}
-    for name in filter(None, given.get("preset", "").split(",")):  # "digits,original": applied in order
+    names = [n.strip() for n in given.get("preset", "").split(",") if n.strip()]
+    for name in names:  # "digits,sdxl": applied in order
         if name not in PRESETS:
             raise UsageError(f"--preset {given['preset']!r}: unknown preset {name!r}; allowed: {', '.join(PRESETS)}")
         values |= PRESETS[name]
+    if "original" in names:
+        values |= _original_rules(given)
     if not (values | given).get("train", True) and "select_every" not in given:
         values.pop("select_every", None)  # a preset's snapshots are taken while training: none without it
     return RunConfig(**values | given).finalize()
+
+
+def _original_rules(given: dict) -> dict:
+    """ORIGINAL_RULES, after refusing an explicit flag that the original's code cannot follow."""
+    for flag, value in ORIGINAL_RULES.items():
+        if flag in given and given[flag] != value:
+            raise UsageError(
+                f"--{flag} {given[flag]!r}: --preset original runs the original code, which hard-codes {value!r}"
+            )
+    return ORIGINAL_RULES
 
 
 # ---------------------------------------------------------------- docs/configuration.md
@@ -398,6 +425,10 @@ def markdown() -> str:
         }
         shown = ", ".join(f"`{k}={v}`" for k, v in (values | rel).items())
         lines.append(f"| `{preset}` | {shown} |")
+    rules = ", ".join(f"`{k}={v}`" for k, v in ORIGINAL_RULES.items())
+    lines += ["", f"With `original`, in any order of presets, what the original's code hard-codes wins: {rules}; an"]
+    lines += ["explicit flag that differs from these is refused (exit 2). Its defect flags can be turned off one at a"]
+    lines += ["time (e.g. `--preset digits,original --plain_clamp False`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -123,3 +123,54 @@ def test_configuration_page_is_generated_from_the_dataclass():
     for action in config.build_parser()._actions:
         if action.option_strings and action.dest != "help":
             assert f"`--{action.dest}`" in page
+
+
+@pytest.mark.parametrize("presets", ["digits,original", "original,digits", "original"])
+def test_original_preset_wins_for_what_the_original_code_hard_codes(presets, tmp_path):
+    """`original` sets the original code's fixed rules in any order of presets (the digits world asks for
+    15 gradient steps, a 0.95 accuracy stop and snapshots); the world keeps what the original reads from
+    its config."""
+    from config import ORIGINAL_RULES
+
+    cfg = parse_args(["--preset", presets, "--output_path", str(tmp_path)])
+    assert {k: getattr(cfg, k) for k in ORIGINAL_RULES} == ORIGINAL_RULES
+    assert (cfg.grad_steps, cfg.accuracy_stop, cfg.select_every, cfg.candidates, cfg.batch_size) == (1, 0.7, 0, 1, 1)
+    assert cfg.clip_before_backward and cfg.decay_vocabulary and cfg.pad_to_longest and cfg.plain_clamp
+    world = parse_args(["--preset", "digits" if "digits" in presets else "", "--output_path", str(tmp_path)])
+    for key in ("sd_model", "height", "num_of_SD_inference_steps", "guidance_scale", "lr", "epoch_size"):
+        assert getattr(cfg, key) == getattr(world, key)
+    # its defects can be turned off one at a time
+    assert not parse_args(["--preset", presets, "--plain_clamp", "False", "--output_path", str(tmp_path)]).plain_clamp
+
+
+@pytest.mark.parametrize(
+    "flag, value, fixed",
+    [
+        ("grad_steps", "15", "1"),
+        ("accuracy_stop", "0.95", "0.7"),
+        ("select_every", "10", "0"),
+        ("candidates", "3", "1"),
+        ("batch_size", "4", "1"),
+        ("class_batch", "2", "1"),
+        ("fresh_noise", "True", "False"),
+    ],
+)
+def test_a_flag_the_original_cannot_follow_is_refused(flag, value, fixed, tmp_path, capsys):
+    from run import main
+
+    out = tmp_path / "out"
+    assert main(["--preset", "digits,original", f"--{flag}", value, "--output_path", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"run.py: error: --{flag} {parse_value(flag, value)!r}: --preset original runs the original code, "
+        + (f"which hard-codes {parse_value(flag, fixed)!r}")
+    )
+    # the same value as the rule is accepted
+    assert parse_args(["--preset", "original", f"--{flag}", fixed, "--output_path", str(out)])
+
+
+def parse_value(flag: str, text: str):
+    return {"True": True, "False": False}.get(
+        text, float(text) if "." in text else int(text) if text.isdigit() else text
+    )

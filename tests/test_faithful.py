@@ -122,7 +122,7 @@ class _Identity:
 
 def test_preset_original_runs_and_logs_the_last_image_regime(tiny, tmp_path):
     out = tmp_path / "out"
-    args = tiny_args(tiny, out, "--preset", "original", "--num_train_epochs", "3", "--accuracy_stop", "1")
+    args = tiny_args(tiny, out, "--preset", "original", "--num_train_epochs", "3")
     assert main(args) == 0
     tok = out / "pipeline_token" / "2_tiger_cat" / "default"
     cfg = json.loads((tok / "config.json").read_text())
