@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prompt_datasets import TEMPLATES
-from utils import UsageError, parse_bool, parse_class_spec
+from utils import UsageError, class_ranges, parse_bool, parse_class_spec
 
 HERE = Path(__file__).resolve().parent
 SD_1_4 = "CompVis/stable-diffusion-v1-4"
@@ -297,12 +297,24 @@ def _validate(cfg: RunConfig) -> None:
     for flag in ("sd_model", "classifier", "eval_classifier"):
         need(_model_ref_ok(getattr(cfg, flag), flag), flag, "no such folder (nor a hub id like org/name)")
     if not cfg.class_name:
-        parse_class_spec(cfg.class_index)  # raises UsageError naming the flag
-    try:  # create it and write into it for real: as root, os.access says yes even to /proc
-        Path(cfg.output_path).mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=cfg.output_path).close()
+        class_ranges(cfg.class_index)  # raises UsageError naming the flag
+    problem = _unwritable(cfg.output_path)
+    need(problem is None, "output_path", problem or "")
+
+
+def _unwritable(folder: str) -> str | None:
+    """Why `folder` cannot be the output folder, or None; creates nothing (a refused run leaves no trace).
+    A temporary file in its nearest existing ancestor is the real test: as root, os.access says yes even
+    to /proc."""
+    path = Path(folder).expanduser().absolute()
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
     except OSError as e:
-        need(False, "output_path", f"cannot create or write to this folder ({e.strerror or type(e).__name__})")
+        return f"cannot create or write to this folder ({e.strerror or type(e).__name__})"
+    return None
 
 
 def _importable(*modules: str) -> bool:

@@ -1,7 +1,6 @@
 """Evaluation (token prompt vs baseline prompt on the same seeds) and data generation."""
 
 import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from diffusion import generate, precision, safety_checked, set_token
 from prompt_datasets import EVAL_TEMPLATE, class_prompt
 from stats import frechet_distance, paired_gain, wilson
 from tokens import load_token
-from utils import UsageError, comparison_grid, empty_dir, save_image, write_json
+from utils import UsageError, comparison_grid, empty_dir, read_json, save_image, write_json
 
 
 @torch.no_grad()
@@ -216,7 +215,7 @@ def generate_dataset(cfg, sd, name: str, paths, out_dir: Path) -> int:
     source = dict(prompt=prompt, sd_model=cfg.sd_model, steps=cfg.eval_steps, guidance_scale=cfg.eval_guidance_scale)
     source["token_sha256"] = digest
     stamp = out_dir / "source.json"
-    if not stamp.exists() or json.loads(stamp.read_text()) != source:  # another token or setting made those
+    if read_json(stamp) != source:  # another token or setting made those
         empty_dir(out_dir)
         write_json(stamp, source)
     todo = [s for s in range(cfg.generate) if not (out_dir / f"{s:05d}.png").exists()]

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from config import RunConfig
 from stats import mean_interval, paired_gain
-from utils import font, save_image, write_json, write_text
+from utils import font, read_json, save_image, write_json, write_text
 from workspace import ClassPaths
 
 
@@ -84,8 +83,7 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
         p = ClassPaths.of(cfg, c, labels[c])
         if not p.token.exists():
             continue
-        m = json.loads(p.metrics.read_text()) if p.metrics.exists() else {}
-        t = json.loads(p.train_summary.read_text()) if p.train_summary.exists() else {}
+        m, t = read_json(p.metrics, {}), read_json(p.train_summary, {})
         rows[(c + 1, cfg.exp_id)] = dict(
             class_index=c + 1,
             class_name=labels[c],
@@ -114,7 +112,7 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
         save_gains_chart(mine, path.with_name(f"results_gains_{cfg.exp_id}.png"), cfg.exp_id)
     if means:
         summary_path = path.with_name("results_summary.json")
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+        summary = read_json(summary_path, {})
         summary[cfg.exp_id] = dict(classes=[int(r["class_index"]) for r in mine], methods=MEAN_GAIN_METHODS, **means)
         write_json(summary_path, summary)
     return mine

@@ -30,10 +30,13 @@ def run(cfg: "RunConfig") -> int:
 
     from evaluate import check_fid_references, evaluate_classes
     from report import format_table, report_line, write_summary
+    from tokens import load_token
     from utils import UsageError, remove_stale_tmp
     from workspace import (
         ClassPaths,
+        check_outputs,
         device_and_dtype,
+        finished,
         load_classifiers,
         load_diffusion,
         quiet_libraries,
@@ -48,34 +51,35 @@ def run(cfg: "RunConfig") -> int:
     classifiers = load_classifiers(cfg, state.is_main_process)
     labels = classifiers["classifier"].labels
     classes = resolve_classes(cfg, labels)
-    if not cfg.train:
-        for c in classes:
-            paths = ClassPaths.of(cfg, c, labels[c])
-            if not paths.token.exists():
-                raise UsageError(f"--train False: class {c + 1} ({labels[c]}) has no trained token at {paths.token}")
+    check_outputs(cfg, classes, labels)
+    given = [ClassPaths.of(cfg, c, labels[c]).token for c in classes] if not cfg.train else []
+    for c, token in zip(classes, given):
+        if not token.exists():
+            raise UsageError(f"--train False: class {c + 1} ({labels[c]}) has no trained token at {token}")
     check_fid_references(cfg, classes, labels)
     sd = load_diffusion(cfg, classifiers, device, dtype)
+    for token in given:  # each one readable and of this model, before any image is made
+        load_token(token, sd, cfg.placeholder_token)
 
     mine = classes[state.process_index :: state.num_processes]  # each class once, over all processes
     hide = len(mine) < 2 or not state.is_main_process  # an explicit disable= overrides TQDM_DISABLE
     bar = tqdm(total=len(mine), desc="classes", unit="class", disable=hide, position=0, dynamic_ncols=True)
-    for start in range(0, len(mine), cfg.class_batch):
-        jobs = []
-        for c in mine[start : start + cfg.class_batch]:
-            paths = ClassPaths.of(cfg, c, labels[c])
-            remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
-            done = paths.token.exists() and (paths.metrics.exists() or not cfg.evaluate)
-            if not (cfg.skip_exists and done):
-                jobs.append((c, labels[c], paths))
-        if cfg.train and jobs:
-            train_batch(cfg, sd, classifiers["classifier"], jobs, state.process_index)
-        if cfg.evaluate and jobs:  # the batch's classes generate their evaluation images together
-            for m in evaluate_classes(cfg, sd, classifiers, jobs):
-                tqdm.write(report_line(m))
-        for c, name, paths in jobs:
-            finish_class(cfg, sd, c, name, paths)
-        bar.update(len(mine[start : start + cfg.class_batch]))
-    bar.close()
+    with bar:  # closed also when interrupted, so that no bar is redrawn after the last message
+        for start in range(0, len(mine), cfg.class_batch):
+            jobs = []
+            for c in mine[start : start + cfg.class_batch]:
+                paths = ClassPaths.of(cfg, c, labels[c])
+                remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
+                if not (cfg.skip_exists and finished(cfg, sd, paths)):
+                    jobs.append((c, labels[c], paths))
+            if cfg.train and jobs:
+                train_batch(cfg, sd, classifiers["classifier"], jobs, state.process_index)
+            if cfg.evaluate and jobs:  # the batch's classes generate their evaluation images together
+                for m in evaluate_classes(cfg, sd, classifiers, jobs):
+                    tqdm.write(report_line(m))
+            for c, name, paths in jobs:
+                finish_class(cfg, sd, c, name, paths)
+            bar.update(len(mine[start : start + cfg.class_batch]))
     state.wait_for_everyone()
     if state.is_main_process:
         rows = write_summary(cfg, classes, labels)
@@ -98,6 +102,14 @@ def finish_class(cfg: "RunConfig", sd, c: int, name: str, paths) -> None:
         save_full_pipeline(sd, paths.token_dir / "pipeline")
 
 
+def close_bars() -> None:
+    """Every progress bar still open (an interrupted loop leaves them), closed before the last line."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -117,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     except KeyboardInterrupt:
+        close_bars()
         print("run.py: interrupted; finished classes are kept (resume: --skip_exists True)", file=sys.stderr)
         return 130
 

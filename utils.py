@@ -29,9 +29,10 @@ def parse_bool(text: str) -> bool:
 parse_bool.__name__ = "boolean"  # the name argparse puts in that message
 
 
-def parse_class_spec(spec: str) -> list[int]:
-    """'283' / '1-10' / '283,285,290-299' (1-based, as the CLI) -> sorted 0-based indices."""
-    out: set[int] = set()
+def class_ranges(spec: str) -> list[tuple[int, int]]:
+    """'283' / '1-10' / '283,285,290-299' (1-based, as the CLI) -> 0-based half-open ranges, checked
+    without expanding them (a range can be far larger than any classifier)."""
+    out = []
     for part in str(spec).split(","):
         m = re.fullmatch(r"\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*)?", part)
         if not m:
@@ -39,8 +40,13 @@ def parse_class_spec(spec: str) -> list[int]:
         lo, hi = int(m[1]), int(m[2] or m[1])
         if lo < 1 or hi < lo:
             raise UsageError(f"--class_index {spec!r}: indices are 1-based (>= 1) and ranges go upward")
-        out.update(range(lo - 1, hi))
-    return sorted(out)
+        out.append((lo - 1, hi))
+    return out
+
+
+def parse_class_spec(spec: str) -> list[int]:
+    """The sorted 0-based indices of `class_ranges(spec)`."""
+    return sorted({i for lo, hi in class_ranges(spec) for i in range(lo, hi)})
 
 
 def class_dir_name(index0: int, name: str) -> str:
@@ -95,6 +101,22 @@ def empty_dir(path) -> None:
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message on one line (its type when it has none)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def read_json(path, default=None):
+    """A JSON file the run wrote earlier (`default` when it is absent); damaged: one line naming it."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: cannot be read as JSON ({first_line(e)}); delete it or run the class again") from e
 
 
 def write_json(path, obj) -> None:
@@ -177,5 +199,5 @@ def hub_guard(what: str):
                 "or pass a local folder"
             )
         else:
-            msg = "cannot be loaded: " + (str(e).strip().splitlines() or [type(e).__name__])[0]
+            msg = "cannot be loaded: " + first_line(e)
         raise UsageError(f"{what}: {msg}") from e

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from config import RunConfig
-from utils import UsageError, class_dir_name, empty_dir, write_json
+from utils import UsageError, class_dir_name, class_ranges, empty_dir, read_json, write_json
 
 
 @dataclass
@@ -69,10 +69,56 @@ def resolve_classes(cfg: RunConfig, labels: list[str]) -> list[int]:
             options = " or ".join(str(i + 1) for i in hits)
             raise UsageError(f"--class_name {cfg.class_name!r} is ambiguous: use --class_index {options}")
         return hits
-    bad = [i + 1 for i in cfg.classes if i >= len(labels)]
-    if bad:
-        raise UsageError(f"--class_index {cfg.class_index!r}: {bad[0]} is out of range; allowed 1..{len(labels)}")
+    top = max(hi for _, hi in class_ranges(cfg.class_index))  # checked before the list is made
+    if top > len(labels):
+        first = min(max(lo, len(labels)) for lo, hi in class_ranges(cfg.class_index) if hi > len(labels)) + 1
+        raise UsageError(f"--class_index {cfg.class_index!r}: {first} is out of range; allowed 1..{len(labels)}")
     return cfg.classes
+
+
+def check_outputs(cfg: RunConfig, classes: list[int], labels: list[str]) -> None:
+    """Every path the run will write, checked before any work: where another kind of file stands (a file
+    where a folder goes, or the reverse), one line naming it."""
+    out = Path(cfg.output_path)
+    folders, files = [out / "pipeline_token", out / "img"], [out / "results.csv", out / "results_summary.json"]
+    for c in classes:
+        p = ClassPaths.of(cfg, c, labels[c])
+        folders += [p.token_dir, p.img_dir, p.img_dir / "train", p.img_dir / "eval"]
+        files += [p.token, p.config, p.log, p.train_summary, p.metrics, p.img_dir / "grid.png"]
+        files += [p.webui_token] if cfg.webui_token else []
+        folders += [out / "generated" / p.dir_name] if cfg.generate else []
+    for path, folder in [(f, True) for f in folders] + [(f, False) for f in files]:
+        problem = _taken(path, folder, out)
+        if problem:
+            raise UsageError(f"{problem}; move it or change --output_path")
+
+
+def _taken(path: Path, folder: bool, out: Path) -> str | None:
+    """What stands in the way of writing `path` (a folder if `folder`) below `out`, or None."""
+    for above in [q for q in reversed(path.parents) if q.is_relative_to(out) and q != out]:
+        if above.exists() and not above.is_dir():
+            return f"{above}: a file stands where the run writes a folder"
+    if path.exists() and path.is_dir() != folder:
+        return (
+            f"{path}: a {'file' if folder else 'folder'} stands where the run writes a {'folder' if folder else 'file'}"
+        )
+    return None
+
+
+def finished(cfg: RunConfig, sd, paths: ClassPaths) -> bool:
+    """--skip_exists: a class is done when its token reads back as a token of this model (and, when
+    evaluating, its metrics.json reads); otherwise the run says why and does the class again."""
+    from tokens import load_token
+
+    if not paths.token.exists() or (cfg.evaluate and not paths.metrics.exists()):
+        return False
+    try:
+        load_token(paths.token, sd, cfg.placeholder_token)
+        read_json(paths.metrics) if cfg.evaluate else None
+    except UsageError as e:
+        print(f"run.py: note: {e}; doing class {paths.dir_name} again", file=sys.stderr)
+        return False
+    return True
 
 
 def device_and_dtype(cfg: RunConfig, state) -> tuple[torch.device, torch.dtype]:
