@@ -1,8 +1,8 @@
 """What does a token reach on the very seeds it is judged on? A reference, not a method: S_c is trained on
 the validation seeds' own starting latents with the evaluation prompt "A photo of S_c <word>", with the
 preset's training otherwise, then judged on those seeds and on as many others. It is one optimiser's run,
-not an upper bound (a run can stay on a plateau, as any training can): docs/digits.md, "Why the goal is not
-reached", measurement 6.
+not an upper bound (a run can stay on a plateau, as any training can): experiments/digits/NOTES.md, "Why the
+goal is not reached", measurement 6.
 
 python experiments/digits/ceiling.py --class_index 2 4 8 --seeds 100 --out out/ceiling   # -- --lr 0.02: run.py flags
 

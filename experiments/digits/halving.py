@@ -7,7 +7,7 @@ training, the worse half by best training loss so far stops; the choice is then 
 the same rule as run.py (selection accuracy, ties: lower training loss). Reports, per class, the choice
 with and without halving and the share of training epochs saved.
 
-python experiments/digits/halving.py out/val_k --epochs 25 50      # the validation run of docs/digits.md
+python experiments/digits/halving.py out/val_k --epochs 25 50   # the validation run of NOTES.md "Several candidates"
 """
 
 import argparse

@@ -41,7 +41,8 @@ CANDIDATES = {
     # the 16-noise preset wins its training images (81-100%) far more often than held-out seeds.
     "fixed_ep100_e32": FIXED + LONG + ["--epoch_size", "32"],
     # Escaping the plateau that "a" starts on with a larger lr (the class-word start and restarts were
-    # measured too, docs/digits.md, and removed). Several candidates per class: --candidates K.
+    # measured too, experiments/digits/NOTES.md "Choosing the preset", and removed). Several candidates per
+    # class: --candidates K.
     "fixed_ep100_lr15": FIXED + LONG + ["--lr", "0.15"],
     # K candidates per class trained together, the one most accurate on the selection seeds kept.
     "fixed_ep100_k2": FIXED + LONG + ["--candidates", "2", "--select_size", "50"],

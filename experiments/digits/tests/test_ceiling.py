@@ -1,4 +1,5 @@
-"""experiments/digits/ceiling.py: a token fitted to the seeds it is judged on (a reference for docs/digits.md)."""
+"""experiments/digits/ceiling.py: a token fitted to the seeds it is judged on (a reference for
+experiments/digits/NOTES.md, "Why the goal is not reached")."""
 
 import json
 from types import SimpleNamespace
