@@ -32,7 +32,7 @@ SD_2_1 = "stabilityai/stable-diffusion-2-1-base"
 # - validation: eval_seed = VALIDATION_SEED, .. + test_size - 1: the only seeds used to choose settings (the
 #   digits preset's values were chosen on 1000..1099);
 # - test: eval_seed = TEST_SEED, ..: only for reporting; the digits preset evaluates here. (10000..10099
-#   were spent: a first choice of preset was run on them and dropped, docs/digits.md; so the test range
+#   were spent: a first choice of preset was run on them and dropped (experiments/digits/NOTES.md); so the test range
 #   moved to untouched seeds.)
 # (`--generate` images use GENERATE_SEED_OFFSET and up.) The SD 1.4 default keeps the
 # original's seeds 0..9 (docs/original.md §6), the paper's protocol.
@@ -185,21 +185,21 @@ PRESETS = {
         guidance_scale=5.0,
         eval_guidance_scale=5.0,
         # Gradient through every step: the last step alone (t=1) barely moves this world
-        # (docs/digits.md). More fixed noises than the paper's 5 and a larger lr, since 16 px
-        # digits have far fewer images per epoch to generalise from.
+        # (experiments/digits/NOTES.md, gradient skipping). More fixed noises than the paper's 5 and a
+        # larger lr, since 16 px digits have far fewer images per epoch to generalise from.
         grad_steps=15,
         epoch_size=16,
         lr=0.06,
         # 100 epochs, no early stop: "curl" -> 8 sits on a loss plateau for about 50 epochs
-        # before its token takes off; chosen on validation seeds (docs/digits.md).
+        # before its token takes off; chosen on validation seeds (experiments/digits/NOTES.md).
         num_train_epochs=100,
         early_stopping=100,
         accuracy_stop=0.95,
-        # Fixed noises and the original's kept token, chosen on validation seeds over fresh noises
-        # every epoch (experiments/digits/tune.py; docs/digits.md "Choosing the preset"): fresh noises helped the
-        # hardest classes but left "stick" -> 1 without any gain.
+        # Fixed noises and the original's kept token, chosen on validation seeds over fresh noises every
+        # epoch (experiments/digits/tune.py; experiments/digits/NOTES.md "Choosing the preset"): fresh
+        # noises helped the hardest classes but left "stick" -> 1 without any gain.
         # The kept token can be an early one, lowest in loss by chance: the run's token every 10 epochs
-        # joins the choice on 50 selection seeds (chosen on validation seeds: docs/digits.md "Snapshots").
+        # joins the choice on 50 selection seeds (chosen on validation seeds: experiments/digits/NOTES.md "Snapshots").
         select_every=10,
         select_size=50,
         test_size=100,

@@ -5,6 +5,7 @@ and decoding (token files: tokens.py)."""
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -78,9 +79,12 @@ def model_family(model):
     from diffusers import DiffusionPipeline
 
     if isinstance(model, str):
+        _check_folder(model)
         with hub_guard(f"Stable Diffusion model {model}"):
             index = DiffusionPipeline.load_config(model)
         cls = index.get("_class_name")
+        if cls is None:
+            raise UsageError(f"--sd_model {model}: its model_index.json names no pipeline class (_class_name)")
     else:
         cls, index = type(model).__name__, model.config
     if cls not in FAMILIES:
@@ -89,6 +93,15 @@ def model_family(model):
     family = FAMILIES[cls]
     present = [key for te, _, key in family.encoders if (index.get(te) or [None])[0] is not None]
     return cls, family, present
+
+
+def _check_folder(model: str) -> None:
+    """A local folder given as the model says what it lacks, rather than the hub's message."""
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return
+    if not (folder / "model_index.json").is_file():
+        raise UsageError(f"--sd_model {model}: not a diffusers pipeline folder (no model_index.json in it)")
 
 
 def load_sd(

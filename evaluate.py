@@ -194,7 +194,8 @@ def head_features(clf, images: torch.Tensor, batch_size: int, device) -> np.ndar
 
 def frechet_to_reference(cfg, classifiers: dict, generated: dict, folder: Path, device) -> dict:
     """Frechet distance between each prompt's images and real images of the class, on the judge's penultimate
-    features (eval_classifier if set). Not the Inception FID of the literature (docs/digits.md)."""
+    features (eval_classifier if set). Not the Inception FID of the literature (experiments/digits/NOTES.md,
+    "Quality")."""
     role = "eval_classifier" if "eval_classifier" in classifiers else "classifier"
     clf = classifiers[role]
     real = head_features(clf, load_images(folder, (cfg.height, cfg.width)), cfg.eval_batch_size, device)

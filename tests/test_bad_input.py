@@ -26,15 +26,16 @@ def test_output_path_that_cannot_be_created_is_one_line_before_any_model(tiny, t
     # Models that cannot load: the output path must be refused first.
     args = tiny_args(tiny, out, "--sd_model", "nobody/no-such-model", "--classifier", "nobody/no-such-classifier")
     assert main(args) == 2
-    assert f"--output_path '{out}': cannot create or write to this folder (" in one_line_error(capsys)
+    reason = f"{tmp_path / 'file'} is a file, not a folder" if where != "/proc/nowhere" else "cannot create or write"
+    assert one_line_error(capsys).startswith(f"run.py: error: --output_path '{out}': {reason}")
 
 
-def test_output_path_is_created_by_validation(tmp_path):
+def test_output_path_is_checked_but_not_created_by_validation(tmp_path):
     from config import parse_args
 
     out = tmp_path / "a" / "b"
     parse_args(["--output_path", str(out), "--class_index", "1"])
-    assert out.is_dir() and not list(out.iterdir())  # made, and the write probe left nothing
+    assert not (tmp_path / "a").exists() and not list(tmp_path.iterdir())  # the write probe left nothing
 
 
 def test_classifier_folder_without_preprocessor_config_names_the_file(tiny, tmp_path, capsys):
