@@ -106,6 +106,7 @@ class RunConfig:
     select_size: int = 20  # images per offered token on the selection seeds, judged by `classifier`
     select_every: int = 0  # also offer each run's token every N epochs to the selection (0: kept tokens only)
     class_batch: int = 1  # train (and evaluate) this many classes, times their candidates, together in one batch
+    check_learned: bool = True  # after training: the token against the baseline on the selection seeds (learned?)
     # --- the original code's computation, defects included (docs/original.md §7; --preset original) ---
     clip_before_backward: bool = False  # clip the scaled, accumulated gradient before each backward (§7.1)
     decay_vocabulary: bool = False  # AdamW over the whole embedding matrix: weight decay shrinks every word (§7.2)
@@ -280,7 +281,7 @@ def _validate(cfg: RunConfig) -> None:
         range(SELECTION_SEED, SELECTION_SEED + cfg.select_size),
     )
     need(
-        not selecting(cfg) or not set(seeds) & set(selection),
+        not (selecting(cfg) or cfg.train and cfg.check_learned) or not set(seeds) & set(selection),
         "eval_seed",
         f"overlaps the selection seeds {SELECTION_SEED}..",
     )

@@ -50,10 +50,38 @@ STATS += ["gain", "gain_low", "gain_high"]
 SUMMARY_FIELDS = ["class_index", "class_name", "exp_id", "seeds"]
 SUMMARY_FIELDS += [prefix + k for prefix in ROLES.values() for k in STATS] + ["fd_baseline", "fd_token"]
 SUMMARY_FIELDS += ["agree_baseline", "agree_token", "epochs", "train_seconds", "token_path"]
+LEARNED_FIELDS = ["learned", "sel_baseline", "sel_token", "sel_gain", "sel_gain_low", "sel_gain_high"]
+LEARNED_FIELDS += ["sel_shifted_gain", "sel_shifted_gain_low"]
+SUMMARY_FIELDS += LEARNED_FIELDS
 MEAN_GAIN_METHODS = dict(
     over_classes="Student t interval over the classes' gains (classes as a sample of classes)",
     pooled_seeds="Newcombe's paired interval over all (class, seed) pairs (these classes fixed; seed noise only)",
 )
+
+
+def learned_columns(v: dict | None) -> dict:
+    """The selection-seed check of train_summary.json as results.csv columns ('' when there is none)."""
+    if not v:
+        return dict.fromkeys(LEARNED_FIELDS, "")
+    values = [v["learned"], v["baseline_accuracy"], v["token_accuracy"], v["gain"], *v["gain_ci"]]
+    values += [v["shifted_gain"], v["shifted_gain_ci"][0]]
+    return {k: x if isinstance(x, bool) else round(x, 4) for k, x in zip(LEARNED_FIELDS, values)}
+
+
+def learned_line(index: int, name: str, v: dict) -> str:
+    """The token's verdict from the selection seeds, in one line; a plain sentence when it did not learn."""
+    seen = f"selection seeds {v['seeds'][0]}..{v['seeds'][1]}, training classifier: baseline "
+    seen += f"{pct(v['baseline_accuracy'])} -> token {pct(v['token_accuracy'])}, gain {points(v['gain'])} "
+    seen += f"{bounds(*v['gain_ci'], signed=True)}; one-pixel shifts: {points(v['shifted_gain'])} "
+    seen += bounds(*v["shifted_gain_ci"], signed=True)
+    head = f"class {index + 1} ({name}): "
+    if v["learned"]:
+        return head + f"learned ({seen})"
+    if v["gain_ci"][0] <= 0:
+        why = "its gain over the plain prompt is not clearly above zero, so it may not draw the class more often"
+    else:
+        why = "its gain vanishes when the images move by one pixel, so it may fool the classifier, not draw the class"
+    return head + f"NOT LEARNED: {why}; try --candidates 3 or another --seed ({seen})"
 
 
 def csv_stats(m: dict, role: str, target: int) -> dict:
@@ -98,6 +126,7 @@ def write_summary(cfg: RunConfig, classes: list[int], labels: list[str]) -> list
             epochs=t.get("epochs", ""),
             train_seconds=t.get("seconds", ""),
             token_path=str(p.token),
+            **learned_columns(t.get("learned")),
         )
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (int(k[0]), k[1]))]
     buf = io.StringIO()

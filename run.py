@@ -29,7 +29,7 @@ def run(cfg: "RunConfig") -> int:
     from tqdm.auto import tqdm
 
     from evaluate import check_fid_references, evaluate_classes
-    from report import format_table, report_line, write_summary
+    from report import format_table, learned_line, report_line, write_summary
     from tokens import load_token
     from utils import UsageError, remove_stale_tmp
     from workspace import (
@@ -73,7 +73,10 @@ def run(cfg: "RunConfig") -> int:
                 if not (cfg.skip_exists and finished(cfg, sd, paths)):
                     jobs.append((c, labels[c], paths))
             if cfg.train and jobs:
-                train_batch(cfg, sd, classifiers["classifier"], jobs, state.process_index)
+                summaries = train_batch(cfg, sd, classifiers["classifier"], jobs, state.process_index)
+                for (c, name, _), summary in zip(jobs, summaries):
+                    if "learned" in summary:
+                        tqdm.write(learned_line(c, name, summary["learned"]))
             if cfg.evaluate and jobs:  # the batch's classes generate their evaluation images together
                 for m in evaluate_classes(cfg, sd, classifiers, jobs):
                     tqdm.write(report_line(m))

@@ -2,11 +2,17 @@
 judged on the held-out selection seeds by the training classifier alone (the evaluation classifier and
 the evaluation seeds never take part), the most accurate becomes the class's token."""
 
+import torch
+import torch.nn.functional as F
+
 from config import CANDIDATE_SEED_STRIDE, SELECTION_SEED, RunConfig, selecting
 from diffusion import set_token
-from evaluate import classify, token_images
-from stats import wilson
+from evaluate import classify, eval_images, token_images
+from prompt_datasets import EVAL_TEMPLATE, class_prompt
+from stats import paired_gain, wilson
 from tokens import save_token
+
+SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))  # one pixel each way: an image that shows the class survives them
 
 
 def candidate_seed(seed: int, k: int) -> int:
@@ -89,4 +95,51 @@ def selection_accuracies(cfg, sd, clf, options: list[tuple]) -> list[dict]:
     for images, (_, target, _) in zip(token_images(cfg, sd, [(t, n) for t, _, n in options], seeds), options):
         hits = sum(p == target for p in classify(clf, images, cfg.eval_batch_size, sd.device))
         out.append(dict(selection_accuracy=hits / len(seeds), selection_ci=list(wilson(hits, len(seeds)))))
+    return out
+
+
+def selection_seeds(cfg: RunConfig) -> list[int]:
+    return list(range(SELECTION_SEED, SELECTION_SEED + cfg.select_size))
+
+
+def shifted(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The images moved by (dy, dx) pixels, the edge repeated into the gap."""
+    p = max(abs(dy), abs(dx))
+    padded = F.pad(images, (p, p, p, p), mode="replicate")
+    h, w = images.shape[-2:]
+    return padded[..., p - dy : p - dy + h, p - dx : p - dx + w]
+
+
+def hits(cfg: RunConfig, clf, images: torch.Tensor, target: int, device) -> tuple[list[bool], list[bool]]:
+    """Per seed: the training classifier names the class; and it still does under most one-pixel shifts."""
+    plain = [p == target for p in classify(clf, images, cfg.eval_batch_size, device)]
+    moved = [[p == target for p in classify(clf, shifted(images, *d), cfg.eval_batch_size, device)] for d in SHIFTS]
+    return plain, [sum(m) * 2 > len(SHIFTS) for m in zip(*moved)]
+
+
+def verdicts(cfg: RunConfig, sd, clf, chosen: list[tuple]) -> list[dict]:
+    """Per class ((token, target, class name) each): did its token learn? Judged only by the training
+    classifier on the selection seeds (never the evaluation judge or seeds): the token prompt against
+    the baseline prompt on the same seeds, as images and under one-pixel shifts (a token that fools the
+    classifier with pixel patterns loses its gain there). Learned: both gains' 95% intervals above zero."""
+    seeds = selection_seeds(cfg)
+    baseline = [class_prompt(EVAL_TEMPLATE, cfg.initializer_token, name) for _, _, name in chosen for _ in seeds]
+    base_images = eval_images(cfg, sd, baseline, seeds * len(chosen)).split(len(seeds))
+    token_sets = token_images(cfg, sd, [(tok, name) for tok, _, name in chosen], seeds)
+    out = []
+    for (_, target, _), tok_images, base in zip(chosen, token_sets, base_images):
+        (t, ts), (b, bs) = hits(cfg, clf, tok_images, target, sd.device), hits(cfg, clf, base, target, sd.device)
+        gain, shift = paired_gain(t, b), paired_gain(ts, bs)
+        out.append(
+            dict(
+                seeds=[seeds[0], seeds[-1]],
+                baseline_accuracy=sum(b) / len(b),
+                token_accuracy=sum(t) / len(t),
+                gain=gain[0],
+                gain_ci=list(gain[1:]),
+                shifted_gain=shift[0],
+                shifted_gain_ci=list(shift[1:]),
+                learned=gain[1] > 0 and shift[1] > 0,
+            )
+        )
     return out

@@ -192,7 +192,8 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     together; with several candidates, keep per class the one most accurate on the selection seeds
     (judged by the training classifier only). Writes config.json before, the tokens and
     train_summary.json after."""
-    from selection import candidate_seed, keep_best, selection_scores
+    from selection import candidate_seed, keep_best, selection_scores, verdicts
+    from tokens import load_token
     from train import forward_size, new_run, train_runs
 
     runs = []
@@ -216,9 +217,13 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     summaries = []
     for mine, score, (_c, _name, paths) in zip(per_class, scores, jobs):
         summary = keep_best(cfg, sd, mine, score, paths)
-        summary |= dict(micro_batch_size=forward_size(cfg, sd, len(runs)), runs_together=len(runs))
+        summaries.append(summary | dict(micro_batch_size=forward_size(cfg, sd, len(runs)), runs_together=len(runs)))
+    if cfg.check_learned:
+        chosen = [(load_token(paths.token, sd, cfg.placeholder_token), c, name) for c, name, paths in jobs]
+        for summary, verdict in zip(summaries, verdicts(cfg, sd, clf, chosen)):
+            summary["learned"] = verdict
+    for summary, (_c, _name, paths) in zip(summaries, jobs):
         write_json(paths.train_summary, summary | {"process": process})
-        summaries.append(summary)
     return summaries
 
 
