@@ -337,9 +337,7 @@ def initial_noise(sd: SD, seeds: list[int] | None = None, n: int = 0, seed: int 
     return noise.to(sd.device)
 
 
-def denoise(
-    sd: SD, latents, cond: Prompt, uncond: Prompt | None, steps: int, guidance: float, grad_steps=0, callback=None
-):
+def denoise(sd: SD, latents, cond: Prompt, uncond: Prompt | None, steps: int, guidance: float, grad_steps=0):
     """Sampling with the model's scheduler, classifier-free guided where the family's pipeline guides.
     "Gradient skipping" (docs/original.md §1): only the denoiser calls from sampler step
     `steps - grad_steps` on build a graph, by the original's index rule over `scheduler.timesteps`
@@ -361,10 +359,7 @@ def denoise(
             if guided:
                 pred_u, pred_c = pred.chunk(2)
                 pred = pred_u + guidance * (pred_c - pred_u)
-            out = sched.step(pred, t, latents)
-            latents = out.prev_sample
-        if callback is not None:  # e.g. experiments/digits/investigate.py reads each step's predicted x0
-            callback(i, t, out)
+            latents = sched.step(pred, t, latents).prev_sample
     return fam.unpack(sd, latents)
 
 

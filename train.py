@@ -30,7 +30,6 @@ from diffusion import (
 )
 from prompt_datasets import PromptDataset
 from report import training_curve
-from tokens import save_token
 from utils import save_image, write_text
 
 
@@ -318,17 +317,6 @@ def epoch_pass(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str], per
     return [(sum(lo) / cfg.epoch_size, pr, torch.stack(im)) for lo, pr, im in zip(losses, preds, images)]
 
 
-def epoch_gradient(sd, clf, prompts, noise, target: int, cfg, bs: int, scaler=None) -> tuple[float, list[int]]:
-    """One run's epoch gradient into `sd.token` (slot 0), in micro-batches of `bs`, each image's loss
-    weighted by the loss scale / epoch size, as `epoch_step` computes it (the benchmark times it)."""
-    total, preds = 0.0, []
-    for s in range(0, len(prompts), bs):
-        loss, pred, _ = train_step(sd, clf, prompts[s : s + bs], noise[s : s + bs], target, cfg)
-        (loss.sum() * (_scale(scaler, sd.device) if scaler is not None else 1.0) / len(prompts)).backward()
-        total, preds = total + loss.sum().item(), preds + pred.tolist()
-    return total / len(prompts), preds
-
-
 def _scale(scaler, device) -> float:
     """The loss scale (a GradScaler takes its device from its first `scale` call)."""
     return scaler.scale(torch.ones((), device=device)).item() if scaler.is_enabled() else 1.0
@@ -349,17 +337,6 @@ def _decay_vocabulary(sd, cfg, run: Run, entry: dict) -> None:
             others = torch.ones(len(weight), dtype=torch.bool, device=weight.device)
             others[sd.slot_ids] = False
             weight[others] *= 1 - cfg.lr * cfg.weight_decay
-
-
-def train_class(cfg, sd, clf, target: int, name: str, paths, on_epoch=None) -> dict:
-    """Optimise S_c for class `target` with the original's schedule and stopping rules; write the kept
-    token, the log and a summary. `on_epoch(entry, images)` as in `train_runs`, for the one run."""
-    run = new_run(cfg, sd, target, name, paths.log, paths.img_dir / "train", cfg.seed, paths.dir_name)
-    callback = None if on_epoch is None else (lambda _run, entry, images: on_epoch(entry, images))
-    train_runs(cfg, sd, clf, [run], clf.labels, callback, desc=paths.dir_name)
-    set_token(sd, run.kept)
-    save_token(paths.token, sd, cfg.placeholder_token, run.kept)
-    return run.summary() | dict(micro_batch_size=forward_size(cfg, sd))
 
 
 def new_run(cfg, sd, target: int, name: str, log_path: Path, img_dir: Path, seed: int, label: str = "") -> Run:

@@ -1,5 +1,5 @@
 """The web demo's work, without the web: the models loaded once, and training, comparison and
-generation through the project's own train_class / evaluate_class / generate, one job at a time.
+generation through the project's own train_and_record / evaluate_class / generate, one job at a time.
 Requests are checked by demo.inputs, paths by demo.store. No gradio here."""
 
 import dataclasses
@@ -37,7 +37,7 @@ class Jobs:
         self.lock = threading.Lock()
 
     def train(self, class_text, epochs, lr, seed, grad_steps, stop: threading.Event) -> Iterator[dict]:
-        """train_class in a thread, in a run folder of its own; yields {"entry", "images"} after every
+        """train_and_record in a thread, in a run folder of its own; yields {"entry", "images"} after every
         epoch and finally {"summary", "run"}, each with the class ("target") and the planned "epochs".
         `stop` set (the Stop button, or the page closed) ends training after the current epoch with
         the best token so far."""

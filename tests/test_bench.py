@@ -192,7 +192,7 @@ def test_default_output_is_never_docs():
 
 
 def test_digits_class_batch_trains_the_same_tokens(tmp_path, monkeypatch, one_thread):
-    """bench.py --digits on 2 classes for 1 epoch: one class at a time (two train_runs calls) against one
+    """bench.py --digits on 2 classes for 1 epoch: one class at a time (two train_batch calls) against one
     class batch (one call, two slots), the same work both ways and the same tokens (fp32)."""
     monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: False)
     args = ["--digits", "--classes", "2", "--epochs", "1", "--warmup", "0", "--out", str(tmp_path)]
@@ -201,7 +201,7 @@ def test_digits_class_batch_trains_the_same_tokens(tmp_path, monkeypatch, one_th
     assert r["device"] == "cpu" and r["dtype"] == "torch.float32" and r["epochs"] == 1
     assert [c["index"] for c in r["classes"]] == [0, 1] and all(c["name"] for c in r["classes"])
     a, b = r["one_at_a_time"], r["class_batch"]
-    assert (a["train_runs_calls"], a["runs_per_call"], b["train_runs_calls"], b["runs_per_call"]) == (2, 1, 1, 2)
+    assert (a["train_batch_calls"], a["runs_per_call"], b["train_batch_calls"], b["runs_per_call"]) == (2, 1, 1, 2)
     size = r["epoch_size"]  # the digits preset's 16
     assert a["images"] == b["images"] == 2 * 1 * size
     assert a["forward_sizes"] == [size] and b["forward_sizes"] == [2 * size]  # both epochs in one forward

@@ -12,8 +12,8 @@ from test_stopping import Scripted, setup  # noqa: F401  (the fixture)
 from config import parse_args
 from diffusion import encode, initial_noise, load_sd, longest_prompt
 from run import main
-from train import Run, _decay_vocabulary, make_scaler, train_class, train_step, update_token
-from workspace import load_classifiers, load_diffusion
+from train import Run, _decay_vocabulary, make_scaler, train_step, update_token
+from workspace import load_classifiers, load_diffusion, train_and_record
 
 
 def test_classifier_runs_in_fp32(tiny, tmp_path):
@@ -36,7 +36,7 @@ def test_infinite_loss_reseeds_as_the_original(setup):  # noqa: F811
     """An epoch loss of inf is above twice any best: the original re-seeds (`inf > 2 * min_loss`)."""
     cfg, sd, paths = setup
     cfg.num_train_epochs = 3
-    train_class(cfg, sd, Scripted([-1.0, -float("inf"), -1.0]), 1, "target", paths)
+    train_and_record(cfg, sd, Scripted([-1.0, -float("inf"), -1.0]), 1, "target", paths, 0)
     log = [json.loads(line) for line in paths.log.read_text().splitlines()]
     assert log[1]["loss"] == float("inf") and [e["noise_seed"] for e in log] == [35, 35, 36]
 

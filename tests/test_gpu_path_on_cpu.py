@@ -17,7 +17,6 @@ from classifiers import load_classifier
 from config import RunConfig, parse_args
 from diffusion import configure, generate, initial_noise, load_sd, precision
 from evaluate import eval_images
-from prompt_datasets import PromptDataset
 from workspace import load_classifiers, load_diffusion
 
 CPU = torch.device("cpu")
@@ -89,33 +88,34 @@ def test_fp16_training_as_on_a_gpu(tiny, tmp_path):
     assert not torch.equal(runs[0].kept, runs[1].kept)  # each run its own token
 
 
-def _gradient(sd, clf, cfg, prompts, noise, scaler):
-    sd.token.grad = None
-    loss, _ = train.epoch_gradient(sd, clf, prompts, noise.to(sd.dtype), TARGET, cfg, len(prompts), scaler)
-    assert math.isfinite(loss) and sd.token.grad.dtype == torch.float32
-    return sd.token.grad.detach().clone()
+def _gradient_run(sd, clf, cfg, folder):
+    """A new run's first epoch gradient, as training computes it (train.epoch_pass), in one forward."""
+    run = train.new_run(cfg, sd, TARGET, "crane", folder / "train_log.jsonl", folder / "train", cfg.seed)
+    [(loss, _, _)] = train.epoch_pass(cfg, sd, clf, [run], 0, clf.labels, cfg.epoch_size)
+    assert math.isfinite(loss) and run.token.grad.dtype == torch.float32
+    return run
 
 
 def test_fp16_token_gradient_agrees_with_fp32(tiny, tmp_path):
-    """Same prompts and noise: the fp16 gradient, computed at the loss scale and unscaled by the
-    scaler as `update_token` does, is the fp32 gradient (measured cosine 0.999998, norm ratio 0.9985)."""
+    """Same prompts and noise (each run draws it in its model's dtype: the fp32 values, rounded): the fp16
+    gradient, computed at the loss scale and unscaled by the scaler as `update_token` does, is the fp32
+    gradient (measured cosine 0.999998, norm ratio 0.9985)."""
     cfg = _cfg(tiny, tmp_path)
     clf = load_classifier(tiny["clf"], "auto")
     full = load_sd(tiny["sd"], CPU, torch.float32, (16, 16), "newclas", "a")
     half = load_sd(tiny["sd"], CPU, torch.float16, (16, 16), "newclas", "a")
-    prompts = PromptDataset(full.slot_word(0), "crane", cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
-    noise = initial_noise(full, n=cfg.epoch_size, seed=cfg.seed)  # drawn in fp32, cast for fp16
-    assert not train.make_scaler(full, cfg).is_enabled()
-    g32 = _gradient(full, clf, cfg, prompts, noise, train.make_scaler(full, cfg))
-    scaler = train.make_scaler(half, cfg)
+    run32 = _gradient_run(full, clf, cfg, tmp_path / "fp32")
+    assert not run32.scaler.is_enabled()
+    g32 = run32.token.grad.detach().clone()
+    run16 = _gradient_run(half, clf, cfg, tmp_path / "fp16")
+    scaler = run16.scaler
     assert scaler.is_enabled() and scaler.get_scale() == 2.0**16
-    scaled = _gradient(half, clf, cfg, prompts, noise, scaler)
+    scaled = run16.token.grad.detach().clone()
     assert torch.isfinite(scaled).all() and g32.norm() > 0
     assert scaled.norm() / g32.norm() == pytest.approx(2.0**16, rel=0.02)  # the scale was applied
-    opt = torch.optim.AdamW([half.token], lr=cfg.lr)
-    update = train.update_token(opt, scaler, half.token, cfg.max_grad_norm, 1.0)
+    update = train.update_token(run16.opt, scaler, run16.token, cfg.max_grad_norm, 1.0)
     assert update["loss_scale"] == 2.0**16 and not update["skipped"] and scaler.get_scale() == 2.0**16
-    g16 = half.token.grad.detach()  # unscaled in place by the scaler (no clip: the norm is far below 1)
+    g16 = run16.token.grad.detach()  # unscaled in place by the scaler (no clip: the norm is far below 1)
     assert torch.equal(g16, scaled / 2.0**16)
     cosine = F.cosine_similarity(g16.double(), g32.double(), dim=0).item()
     assert cosine > 0.999, cosine
@@ -226,11 +226,9 @@ def test_compiled_unet_gives_the_same_gradient_and_images(tiny, tmp_path):
     cfg = _cfg(tiny, tmp_path)
     clf = load_classifier(tiny["clf"], "auto")
     sd = load_sd(tiny["sd"], CPU, torch.float32, (16, 16), "newclas", "a")
-    prompts = PromptDataset(sd.slot_word(0), "crane", cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
-    noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
 
     def once():
-        grad = _gradient(sd, clf, cfg, prompts, noise, None)
+        grad = _gradient_run(sd, clf, cfg, tmp_path).token.grad.detach().clone()
         images = generate(sd, "A photo of newclas crane", [0, 1], cfg.eval_steps, cfg.eval_guidance_scale, 2)
         return grad, images
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from config import parse_args
 from diffusion import load_sd
-from train import make_scaler, train_class, update_token
-from workspace import ClassPaths
+from train import make_scaler, update_token
+from workspace import ClassPaths, train_and_record
 
 TARGET = 1
 
@@ -50,7 +50,7 @@ def setup(tiny, tmp_path):
 def run_scripted(cfg, sd, paths, zs):
     after = []  # the token after each epoch's update
     record = lambda e, im: after.append(sd.values[0].clone())  # noqa: E731  (slot 0 holds the run's token)
-    summary = train_class(cfg, sd, Scripted(zs), TARGET, "target", paths, record)
+    summary = train_and_record(cfg, sd, Scripted(zs), TARGET, "target", paths, 0, record)
     log = [json.loads(line) for line in paths.log.read_text().splitlines()]
     return summary, log, after, load_file(paths.token)["newclas"]
 
@@ -108,7 +108,7 @@ def test_user_stop_keeps_the_best_token(setup):
         return entry["epoch"] == 2
 
     zs = [z_for_loss(v) for v in (5.0, 3.0, 4.0, 4.0)]
-    summary = train_class(cfg, sd, Scripted(zs), TARGET, "target", paths, on_epoch)
+    summary = train_and_record(cfg, sd, Scripted(zs), TARGET, "target", paths, 0, on_epoch)
     assert summary["stop"] == "stopped by the user" and summary["epochs"] == 3
     assert torch.equal(load_file(paths.token)["newclas"], after[1])
 
@@ -117,7 +117,7 @@ def test_zero_gradient_is_counted_logged_and_warned_once(setup):
     cfg, sd, paths = setup
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        summary = train_class(cfg, sd, Scripted([-1.0] * 3, gradient=0.0), TARGET, "target", paths)
+        summary = train_and_record(cfg, sd, Scripted([-1.0] * 3, gradient=0.0), TARGET, "target", paths, 0)
     log = [json.loads(line) for line in paths.log.read_text().splitlines()]
     assert all(e["zero_grad"] and e["grad_norm"] == 0.0 for e in log)
     assert summary["zero_grad_epochs"] == len(log) > 1

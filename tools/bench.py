@@ -10,19 +10,21 @@ python tools/bench.py --families_only --families sdxl,flux-dev   # only these fa
 python tools/bench.py --digits    # class batching in the digits world: 10 classes one at a time vs together (CPU)
 
 Cost does not depend on the weights, so nothing is downloaded: the components are built from
-configs, saved as a diffusers folder and loaded through the project's `diffusion.load_sd`; the
-measured steps are the project's `train.train_step` and `diffusion.generate`. Each case reports the
-median over `--repeats` timed runs after `--warmup` runs, with device synchronisation, in seconds per
-image, and the peak of torch.cuda.max_memory_allocated (null on a CPU). The class-batch cases time one
-epoch of `train.epoch_step` for 1, 2, 4, 8 runs trained together and project the cost of 1000 classes.
-Then the numerics check: the token's gradient in fp16 against fp32 (fp16 on a CPU too). The classifier
-stays in fp32 throughout, as in training.
+configs, saved as a diffusers folder and loaded through the project's `diffusion.load_sd`; training is
+timed as run.py trains, one epoch through `workspace.train_batch`, generation through `diffusion.generate`.
+Each case reports the median over `--repeats` timed runs after `--warmup` runs, with device
+synchronisation, in seconds per image, and the peak of torch.cuda.max_memory_allocated (null on a CPU).
+The class-batch cases time one epoch of 1, 2, 4, 8 classes trained together and project the cost of 1000
+classes. Then the numerics check: the token's gradient in fp16 against fp32 (fp16 on a CPU too), computed
+by `train.epoch_pass` as the training loop computes it. The classifier stays in fp32 throughout, as in
+training.
 
 The newer pipelines (`--families`, model_zoo.py's real sizes, built on the GPU and handed to load_sd
 in memory) run last, at 512 and 1024 px, batch 1 and 4, with and without checkpointing, in their presets'
-steps, guidance and precision (config.FAMILY_PRESETS): seconds per training image (the gradient part
-timed, the earlier no-grad steps added from one timed step) and peak memory; a case that runs out of GPU
-memory is recorded as such. No family case starts after `--budget_s` seconds of the whole run.
+steps, guidance and precision (config.FAMILY_PRESETS): seconds per training image (one epoch of the gradient
+part timed through train_batch, the earlier no-grad steps added from one timed step) and peak memory; a
+case that runs out of GPU memory is recorded as such. No family case starts after `--budget_s` seconds of
+the whole run.
 
 Writes benchmarks.json and benchmarks.md to `--out` (out/bench/ by default, out/bench_tiny/ with --tiny,
 out/bench_digits/ with --digits; never docs/ unless asked).
@@ -37,6 +39,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,20 +49,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python tools/be
 
 from classifiers import PRESETS, Classifier, Preprocess  # noqa: E402
 from config import FAMILY_PRESETS, RunConfig  # noqa: E402
-from diffusion import configure, denoise, encode, generate, initial_noise, load_sd, set_token, unconditional  # noqa: E402
+from diffusion import configure, denoise, encode, generate, initial_noise, load_sd, unconditional  # noqa: E402
 from prompt_datasets import EVAL_TEMPLATE, TEMPLATES, PromptDataset, class_prompt  # noqa: E402
-from train import (  # noqa: E402
-    CPU_FORWARD,
-    epoch_gradient,
-    epoch_step,
-    forward_size,
-    make_scaler,
-    micro_batch_size,
-    new_run,
-    train_class,
-    train_runs,
-)
-from workspace import ClassPaths, device_and_dtype, quiet_libraries  # noqa: E402
+from train import CPU_FORWARD, epoch_pass, micro_batch_size, new_run  # noqa: E402
+from workspace import ClassPaths, device_and_dtype, quiet_libraries, train_batch  # noqa: E402
 
 CLASS_NAME, TARGET = "tiger cat", 282  # docs/original.md §2's example class (ImageNet index 282)
 SHAPES = {
@@ -99,12 +92,11 @@ TRAIN_CASES = {
     "disco_no_ckpt": dict(gradient_checkpointing=False),
     "disco_bf16": dict(mixed_precision="bf16"),
     "disco_channels_last": dict(channels_last=True),
-    "disco_train_class": dict(num_train_epochs=1, full=True),  # train.train_class: + optimizer, PNGs, log
 }
 GENERATE_CASES = {"original": dict(eval_batch_size=1), "disco": {}, "disco_channels_last": dict(channels_last=True)}
 COMPILE_CASE = dict(compile=True)  # --compile: run.py's --compile, torch.compile of the UNet in place
-# Class batching (train.train_runs): R runs of epoch_size 5 trained together, combined batch 5 R; one epoch
-# of train.epoch_step each. "original": one run with micro-batches of 1, the paper's schedule on the same path.
+# Class batching (--class_batch R): R classes of epoch_size 5 trained together, combined batch 5 R; one epoch
+# of workspace.train_batch each. "original": one class with micro-batches of 1, the paper's schedule.
 CLASS_BATCH_RUNS = (1, 2, 4, 8)
 CLASS_BATCH_CASES = {"original": (1, dict(batch_size=1))} | {
     f"runs{r}{suffix}": (r, dict(gradient_checkpointing=ckpt))
@@ -164,8 +156,10 @@ def build_classifier(shape: dict) -> Classifier:
 
 
 def make_cfg(shape: dict, folder: Path, device: str, **overrides) -> RunConfig:
-    """The run's settings: RunConfig's defaults (the paper's) at `shape`'s size; files go next to `folder`."""
+    """The run's settings: RunConfig's defaults (the paper's) at `shape`'s size; files go next to `folder`.
+    The learned check after training is generation on the selection seeds (the generate rows time that)."""
     kw = dict(sd_model=str(folder), classifier="inet", device=device, output_path=str(folder.parent), **shape["cfg"])
+    kw["check_learned"] = False
     return RunConfig(**kw | overrides).finalize()
 
 
@@ -215,25 +209,27 @@ def measure(fn, images: int, device: torch.device, repeats: int, warmup: int) ->
     return dict(s_per_image=median / images, peak_gib=peak, images=images, median_s=median, warmup_s=warm)
 
 
-def bench_train(sd, clf, cfg: RunConfig, full: bool = False, **kw) -> dict:
-    """One epoch as train.train_class runs it: micro-batches of train_step, each loss / epoch_size
-    backpropagated into the token (accumulated), so every case computes the same gradient. `full`:
-    train_class itself for one epoch (adds the optimizer step, the training PNGs and the log)."""
-    sd.forward_limit = 0  # each row finds its own fit (train.epoch_step)
-    bs = micro_batch_size(cfg, sd.device)
-    prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
-    noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
-    scaler = make_scaler(sd, cfg)  # fp16: scaled as in training
+def time_epoch(sd, clf, cfg: RunConfig, **kw) -> tuple[dict, dict]:
+    """One epoch as run.py trains it: each timed run is a whole workspace.train_batch call of `cfg.class_batch`
+    classes (TARGET, TARGET + 1, ...; run k in slot k) for one epoch: the class folders cleared, config.json,
+    forwards and backwards, optimizer steps, training PNGs, logs, curves, tokens, train_summary.json.
+    Returns the measurement and the first class's summary of the last call."""
+    cfg = replace(cfg, num_train_epochs=1)
+    jobs = [(TARGET + k, CLASS_NAME, ClassPaths.of(cfg, TARGET + k, CLASS_NAME)) for k in range(cfg.class_batch)]
+    sd.forward_limit = 0  # each row finds its own fit (train.epoch_step halves it after an out-of-memory error)
+    summaries = []
 
     def epoch():
-        if full:
-            return train_class(cfg, sd, clf, TARGET, CLASS_NAME, ClassPaths.of(cfg, TARGET, CLASS_NAME))
-        sd.token.grad = None
-        epoch_gradient(sd, clf, prompts, noise, TARGET, cfg, bs, scaler)
+        summaries.append(train_batch(cfg, sd, clf, jobs))
 
-    res = measure(epoch, cfg.epoch_size, sd.device, **kw)
-    bs = forward_size(cfg, sd) if full else bs  # train_class may have halved it after running out of memory
-    return dict(res, micro_batch_size=bs, steps=cfg.num_of_SD_inference_steps, dtype=str(sd.dtype))
+    return measure(epoch, len(jobs) * cfg.epoch_size, sd.device, **kw), summaries[-1][0]
+
+
+def bench_train(sd, clf, cfg: RunConfig, **kw) -> dict:
+    """One epoch of one class (`time_epoch`); `micro_batch_size`: the images per forward it trained with."""
+    res, summary = time_epoch(sd, clf, cfg, **kw)
+    steps = cfg.num_of_SD_inference_steps
+    return dict(res, micro_batch_size=summary["micro_batch_size"], steps=steps, dtype=str(sd.dtype))
 
 
 def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
@@ -247,27 +243,15 @@ def bench_generate(sd, cfg: RunConfig, **kw) -> dict:
     return dict(res, batch_size=cfg.eval_batch_size, steps=cfg.eval_steps, dtype=str(sd.dtype))
 
 
-def bench_class_batch(sd, clf, cfg: RunConfig, runs: int, folder: Path, **kw) -> dict:
-    """One epoch of `runs` runs trained together, as train.train_runs runs it: train.epoch_step (image j
-    of every run in one forward, micro-batches of train.micro_batch_size, each run's training PNGs
-    written), without the optimizer steps. Run k trains class TARGET + k in slot k."""
-    made = [
-        new_run(cfg, sd, TARGET + k, CLASS_NAME, folder / f"run{k}.jsonl", folder / f"img{k}", cfg.seed, f"run {k}")
-        for k in range(runs)
-    ]
-    for k, run in enumerate(made):
-        run.slot = k
-    sd.forward_limit = 0  # each row finds its own fit (epoch_step halves it after an out-of-memory error)
-    try:
-        res = measure(lambda: epoch_step(cfg, sd, clf, made, 0, clf.labels), runs * cfg.epoch_size, sd.device, **kw)
-    finally:
-        for k in range(runs):  # the slots are free again, slot 0 is sd.token again (as train_runs leaves them)
-            set_token(sd, sd.init_embedding, k)
+def bench_class_batch(sd, clf, cfg: RunConfig, **kw) -> dict:
+    """One epoch of `cfg.class_batch` classes trained together (`time_epoch`): image j of every run in one
+    forward, micro-batches of train.micro_batch_size."""
+    res, summary = time_epoch(sd, clf, cfg, **kw)
     return dict(
         res,
-        runs=runs,
-        combined_batch=runs * cfg.epoch_size,
-        micro_batch_size=forward_size(cfg, sd, runs),
+        runs=cfg.class_batch,
+        combined_batch=cfg.class_batch * cfg.epoch_size,
+        micro_batch_size=summary["micro_batch_size"],
         gradient_checkpointing=cfg.gradient_checkpointing,
         steps=cfg.num_of_SD_inference_steps,
         dtype=str(sd.dtype),
@@ -300,26 +284,28 @@ def projection(cases: dict, epochs: int, epoch_size: int = 5, classes: int = IMA
     return out
 
 
-def token_gradient(sd, clf, cfg: RunConfig, prompts: list, noise: torch.Tensor, dtype: torch.dtype):
-    """The token's gradient for `prompts` and `noise`, with UNet and VAE in `dtype` (the classifier in
-    fp32, as training runs it), unscaled,
-    and the loss scale it was computed at. fp16 goes through train.make_scaler's GradScaler as in training;
-    after an overflow the scale is halved and the gradient recomputed, as the dynamic scaler does over
-    the first epochs."""
+def token_gradient(sd, clf, cfg: RunConfig, noise_seed: int, dtype: torch.dtype, folder: Path):
+    """The token's gradient for one image (the run's first prompt, the noise of `noise_seed`) with UNet and VAE
+    in `dtype` (the classifier in fp32, as training runs it), unscaled, and the loss scale it was computed at:
+    train.epoch_pass, the training loop's own pass, on a one-image run at the token now in slot 0. fp16 goes
+    through the run's GradScaler (train.make_scaler) as in training; after an overflow the scale is halved
+    and the gradient recomputed, as the dynamic scaler does over the first epochs."""
     for m in (sd.unet, sd.vae):
         m.to(dtype=dtype)
     clf.float()
     sd.dtype = dtype
-    loss_scale = cfg.loss_scale
+    one = replace(cfg, epoch_size=1)
     for _ in range(32):
-        scaler = make_scaler(sd, replace(cfg, loss_scale=loss_scale))
-        sd.token.grad = None
-        epoch_gradient(sd, clf, prompts, noise.to(dtype), TARGET, cfg, 1, scaler)
-        if not scaler.is_enabled() or torch.isfinite(sd.token.grad).all():
+        run = new_run(one, sd, TARGET, CLASS_NAME, folder / "train_log.jsonl", folder / "train", cfg.seed)
+        run.noise_seed = noise_seed  # the same prompt, this noise
+        with torch.no_grad():
+            run.token.copy_(sd.token)  # the token the train cases left, not the initializer's
+        epoch_pass(one, sd, clf, [run], 0, clf.labels, 1)
+        if not run.scaler.is_enabled() or torch.isfinite(run.token.grad).all():
             break
-        loss_scale /= 2
-    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
-    return sd.token.grad.double() / scale, scale
+        one = replace(one, loss_scale=one.loss_scale / 2)
+    scale = run.scaler.get_scale() if run.scaler.is_enabled() else 1.0
+    return run.token.grad.double() / scale, scale
 
 
 def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
@@ -328,12 +314,10 @@ def gradient_precision(sd, clf, cfg: RunConfig, half: torch.dtype) -> dict:
     whatever device the models are on (fp16 on a CPU too). Passes at cosine >= 0.95 and a norm ratio
     in 0.8-1.25. The control: the fp32 gradient for another noise (seed + 1), whose cosine
     with the first says how far apart two different gradients are."""
-    prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, 1).epoch(cfg.seed, 0)
-    sd.dtype = torch.float32  # the noises are drawn in fp32 and cast
-    noise, other = initial_noise(sd, n=1, seed=cfg.seed), initial_noise(sd, n=1, seed=cfg.seed + 1)
-    full, _ = token_gradient(sd, clf, cfg, prompts, noise, torch.float32)
-    control, _ = token_gradient(sd, clf, cfg, prompts, other, torch.float32)
-    low, scale = token_gradient(sd, clf, cfg, prompts, noise, half)
+    folder = Path(cfg.output_path) / "gradient_check"
+    full, _ = token_gradient(sd, clf, cfg, cfg.seed, torch.float32, folder)
+    control, _ = token_gradient(sd, clf, cfg, cfg.seed + 1, torch.float32, folder)
+    low, scale = token_gradient(sd, clf, cfg, cfg.seed, half, folder)
 
     def cos(a, b):
         return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
@@ -364,7 +348,9 @@ def family_cfg(variant: str, folder: Path, device: str, px: int, batch: int, ckp
     images in one forward, gradient through the last step (RunConfig's grad_steps 1)."""
     preset = {k: v for k, v in FAMILY_PRESETS[variant].items() if k != "sd_model"}
     kw = dict(sd_model=str(folder), classifier="inet", device=device, output_path=str(folder.parent))
-    kw |= preset | dict(height=px, width=px, epoch_size=batch, batch_size=batch, gradient_checkpointing=ckpt)
+    kw |= preset | dict(
+        height=px, width=px, epoch_size=batch, batch_size=batch, gradient_checkpointing=ckpt, check_learned=False
+    )
     return RunConfig(**kw).finalize()
 
 
@@ -413,12 +399,31 @@ def free_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@contextmanager
+def step_ends(scheduler, sync):
+    """The time at each sampler step's end, after a device sync: the scheduler's own `step`, wrapped while
+    the block runs (the sampler loop itself has no hook)."""
+    step, ends = scheduler.step, []
+
+    def timed(*args, **kwargs):
+        out = step(*args, **kwargs)
+        sync()
+        ends.append(time.perf_counter())
+        return out
+
+    scheduler.step = timed
+    try:
+        yield ends
+    finally:
+        del scheduler.step  # the class's method again
+
+
 def bench_nograd_step(sd, cfg: RunConfig, **kw) -> dict:
     """One sampler step without gradient on `cfg.epoch_size` images (the denoiser, classifier-free guided
     where the preset guides, and the scheduler's step), as every step before the gradient steps runs: the
-    time between the first and the last step's end in a 3-step no-grad loop, over 2 steps, so that the once-
-    per-loop work (timesteps, prompt concatenation) is not counted per step. `median_s`: the median of the
-    timed runs."""
+    time between the first and the last step's end (`step_ends`) in a 3-step no-grad diffusion.denoise,
+    over 2 steps, so that the once-per-call work (timesteps, prompt concatenation) is not counted per step.
+    `median_s`: the median of the timed runs."""
     prompts = PromptDataset(cfg.placeholder_token, CLASS_NAME, cfg.number_of_prompts, cfg.epoch_size).epoch(cfg.seed, 0)
     noise = initial_noise(sd, n=cfg.epoch_size, seed=cfg.seed)
     sync = torch.cuda.synchronize if sd.device.type == "cuda" else (lambda: None)
@@ -428,13 +433,8 @@ def bench_nograd_step(sd, cfg: RunConfig, **kw) -> dict:
         uncond = None if uncond is None else uncond.expand(len(prompts))
 
         def loop():
-            ends = []
-
-            def step_end(*_):
-                sync()
-                ends.append(time.perf_counter())
-
-            denoise(sd, noise, cond, uncond, 3, cfg.guidance_scale, callback=step_end)
+            with step_ends(sd.scheduler, sync) as ends:
+                denoise(sd, noise, cond, uncond, 3, cfg.guidance_scale)
             per_step.append((ends[-1] - ends[0]) / (len(ends) - 1))
 
         res = measure(loop, cfg.epoch_size, sd.device, **kw)
@@ -550,11 +550,22 @@ TOKEN_TOLERANCE = 1e-4  # max abs difference of a final token trained both ways 
 
 def digits_cfg(out: Path, epochs: int, device: str, runs: int) -> RunConfig:
     """The digits preset for exactly `epochs` epochs: accuracy_stop 1.0 is never exceeded and early_stopping
-    is beyond reach, so no run stops early and both schedules do the same work. `runs`: the class batch."""
+    is beyond reach, so no run stops early and both schedules do the same work. `runs`: the class batch.
+    No snapshots (select_every 0) and no learned check: both are generation on the selection seeds, not training."""
     from config import parse_args
 
     argv = ["--preset", "digits", "--device", device, "--output_path", str(out), "--num_train_epochs", str(epochs)]
-    return parse_args([*argv, "--accuracy_stop", "1.0", "--early_stopping", str(10**6), "--class_batch", str(runs)])
+    argv += [
+        "--accuracy_stop",
+        "1.0",
+        "--early_stopping",
+        str(10**6),
+        "--select_every",
+        "0",
+        "--check_learned",
+        "False",
+    ]
+    return parse_args([*argv, "--class_batch", str(runs)])
 
 
 def forward_sizes(cfg: RunConfig, device: torch.device, runs: int) -> list[int]:
@@ -563,26 +574,31 @@ def forward_sizes(cfg: RunConfig, device: torch.device, runs: int) -> list[int]:
     return [min(per, total - s) for s in range(0, total, per)]
 
 
-def train_groups(cfg: RunConfig, sd, clf, groups: list[list[int]], folder: Path) -> tuple[float, list]:
-    """One train.train_runs call per group of classes (0-based, named by the classifier's labels), each
-    run with the preset's seed, as run.py trains them; the wall time of all calls and the runs."""
-    from utils import class_dir_name
+def warm_up(cfg: RunConfig, sd, clf, folder: Path) -> None:
+    """An untimed 2-image pass (train.epoch_pass on a throwaway run): the first forward pays one-off costs."""
+    two = replace(cfg, epoch_size=2)
+    run = new_run(two, sd, 0, clf.labels[0], folder / "train_log.jsonl", folder / "train", 0)
+    epoch_pass(two, sd, clf, [run], 0, clf.labels, 2)
 
+
+def train_groups(cfg: RunConfig, sd, clf, groups: list[list[int]]) -> tuple[float, list]:
+    """One workspace.train_batch call per group of classes (0-based, named by the classifier's labels), each
+    run with the preset's seed, files under `cfg.output_path`, as run.py trains them; the wall time of all
+    calls and the runs in class order (train_batch's on_epoch hands each over)."""
     sync = torch.cuda.synchronize if sd.device.type == "cuda" else (lambda: None)
-    done = []
+    runs = {}
+
+    def seen(run, _entry, _images) -> bool:
+        runs[run.label] = run
+        return False  # never stops a run
+
     sync()
     t0 = time.perf_counter()
     for group in groups:
-        runs = []
-        for c in group:
-            name = class_dir_name(c, clf.labels[c])
-            paths = (folder / name / "train_log.jsonl", folder / name / "train")
-            runs.append(new_run(cfg, sd, c, clf.labels[c], *paths, cfg.seed, name))
-        desc = runs[0].label if len(runs) == 1 else f"{len(runs)} classes"
-        train_runs(cfg, sd, clf, runs, clf.labels, desc=desc)
-        done += runs
+        jobs = [(c, clf.labels[c], ClassPaths.of(cfg, c, clf.labels[c])) for c in group]
+        train_batch(cfg, sd, clf, jobs, on_epoch=seen)
     sync()
-    return time.perf_counter() - t0, done
+    return time.perf_counter() - t0, list(runs.values())
 
 
 def compare_runs(apart: list, together: list) -> dict:
@@ -608,16 +624,17 @@ def compare_runs(apart: list, together: list) -> dict:
 
 def bench_digits(classes: int, epochs: int, device: str, warmup: int) -> dict:
     """The digits world's first `classes` classes, `epochs` epochs each: (a) one class at a time (one
-    train_runs call per class, the model loaded with 1 slot) and (b) all in one class batch (one call,
+    train_batch call per class, the model loaded with 1 slot) and (b) all in one class batch (one call,
     `classes` slots); wall time and training images per second of both, and the final tokens compared.
-    Training images and logs go to a temporary folder. `warmup`: an untimed 2-image gradient on each
-    model first (the first forward pays one-off costs)."""
+    Training images, logs and tokens go to a temporary folder. `warmup`: an untimed 2-image pass on each
+    model first (`warm_up`)."""
     from classifiers import load_classifier
     from workspace import load_diffusion
 
     with tempfile.TemporaryDirectory(prefix="bench_digits_") as tmp:
         tmp = Path(tmp)
-        one, batch = digits_cfg(tmp, epochs, device, 1), digits_cfg(tmp, epochs, device, classes)
+        one = digits_cfg(tmp / "one_at_a_time", epochs, device, 1)
+        batch = digits_cfg(tmp / "class_batch", epochs, device, classes)
         dev, dtype = device_dtype(one)
         clf = load_classifier(one.classifier, one.classifier_pooling)
         if classes > len(clf.labels):
@@ -625,18 +642,16 @@ def bench_digits(classes: int, epochs: int, device: str, warmup: int) -> dict:
         sd_one = load_diffusion(one, {"classifier": clf}, dev, dtype)  # run.py's loading: 1 slot
         sd_batch = load_diffusion(batch, {"classifier": clf}, dev, dtype)  # one slot per run
         for sd in (sd_one, sd_batch) if warmup else ():
-            prompts = PromptDataset(one.placeholder_token, clf.labels[0], one.number_of_prompts, 2).epoch(0, 0)
-            epoch_gradient(sd, clf, prompts, initial_noise(sd, n=2, seed=0), 0, one, 2)
-            sd.token.grad = None
+            warm_up(one, sd, clf, tmp / "warmup")
         wanted = list(range(classes))
-        wall_one, apart = train_groups(one, sd_one, clf, [[c] for c in wanted], tmp / "one_at_a_time")
-        wall_batch, together = train_groups(batch, sd_batch, clf, [wanted], tmp / "class_batch")
+        wall_one, apart = train_groups(one, sd_one, clf, [[c] for c in wanted])
+        wall_batch, together = train_groups(batch, sd_batch, clf, [wanted])
     images = classes * epochs * one.epoch_size
 
     def side(calls: int, runs: int, wall: float, cfg: RunConfig) -> dict:
         sizes = forward_sizes(cfg, dev, runs)
         return dict(
-            train_runs_calls=calls,
+            train_batch_calls=calls,
             runs_per_call=runs,
             forward_sizes=sizes,
             images=images,
@@ -673,12 +688,12 @@ def digits_markdown(r: dict) -> str:
         f"{r['device']}, torch {r['torch']}, {r['threads']} threads; {n} classes x {r['epochs']} epochs x "
         f"{r['epoch_size']} images ({r['size'][0]} px, {r['steps']} steps, gradient through {r['grad_steps']}), "
         f"{r['dtype'].removeprefix('torch.')}. Written by `bench.py --digits`.\n",
-        "| schedule | train_runs calls | runs per call | images per forward | images | wall s | images / s |",
+        "| schedule | train_batch calls | runs per call | images per forward | images | wall s | images / s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for what, s in (("one class at a time", a), ("one class batch", b)):
         sizes = ", ".join(map(str, s["forward_sizes"]))
-        row = [what, s["train_runs_calls"], s["runs_per_call"], sizes, s["images"], f"{s['wall_s']:.1f}"]
+        row = [what, s["train_batch_calls"], s["runs_per_call"], sizes, s["images"], f"{s['wall_s']:.1f}"]
         lines.append("| " + " | ".join(map(str, row)) + f" | {s['images_per_s']:.2f} |")
     lines.append(f"\nClass batch / one class at a time: {r['speedup']:.2f}x the images per second.\n")
     verdict = "the same" if t["same"] else "DIFFERENT"
@@ -710,8 +725,8 @@ def markdown(result: dict) -> str:
     cb = result.get("class_batch")
     if cb:
         lines += [
-            "\nClass batching (`train.epoch_step`: runs of epoch_size 5 trained together, one epoch, the "
-            "training PNGs included, no optimizer step):\n",
+            "\nClass batching (`workspace.train_batch`: classes of epoch_size 5 trained together for one epoch, "
+            "as run.py --class_batch trains them):\n",
             "| case | runs | combined batch | images per forward | checkpointing | s / image | peak GiB | "
             "speed-up vs original |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -884,9 +899,8 @@ def bench_sd(args, shape_name: str, out: Path, result: dict) -> None:
     """The SD 1.4-shaped (or tiny) cases: class batching, training, generation, then the gradient check."""
     device = args.device  # "auto": resolved by device_dtype, as run.py does
     shape, kw = SHAPES[shape_name], dict(repeats=args.repeats, warmup=args.warmup)
-    # The class-batch cases first: they leave slot 0 at the initializer's embedding, and the gradient check
-    # below runs at the token that the train cases' last one (disco_train_class) leaves there.
-    cases = [("class_batch", name, dict(over, runs=runs)) for name, (runs, over) in CLASS_BATCH_CASES.items()]
+    # The gradient check below runs at the token that the last train case leaves in slot 0 (its kept token).
+    cases = [("class_batch", name, dict(over, class_batch=r)) for name, (r, over) in CLASS_BATCH_CASES.items()]
     cases += [("train", *c) for c in TRAIN_CASES.items()] + [("generate", *c) for c in GENERATE_CASES.items()]
     if args.compile:  # last, like a run.py process: one compiled UNet for training, then for evaluation
         cases += [("train", "disco_compile", COMPILE_CASE), ("generate", "disco_compile", COMPILE_CASE)]
@@ -896,21 +910,21 @@ def bench_sd(args, shape_name: str, out: Path, result: dict) -> None:
         build_pipeline(shape, folder)
         cfg = make_cfg(shape, folder, device)
         dev, dtype = device_dtype(cfg)
-        words, slots = (cfg.placeholder_token, cfg.initializer_token), max(CLASS_BATCH_RUNS)  # a slot per run
+        # a slot per class trained together, as workspace.load_diffusion sizes them (class_batch x candidates)
+        words, slots = (cfg.placeholder_token, cfg.initializer_token), max(CLASS_BATCH_RUNS)
         sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), *words, slots=slots)
         clf = build_classifier(shape).to(dev)  # fp32, as workspace.load_diffusion leaves it
         if dev.type == "cuda":
             result["device"] = torch.cuda.get_device_name(dev)
         for what, case, over in cases:
             over = dict(over)
-            channels_last, full = over.pop("channels_last", False), over.pop("full", False)
-            runs = over.pop("runs", 1)
+            channels_last = over.pop("channels_last", False)
             cfg = make_cfg(shape, folder, device, **over)
             configure_bench(sd, clf, cfg, channels_last)
-            if what == "class_batch":
-                r = bench_class_batch(sd, clf, cfg, runs, Path(tmp) / "class_batch", **kw)
+            if what == "generate":
+                r = bench_generate(sd, cfg, **kw)
             else:
-                r = bench_train(sd, clf, cfg, full, **kw) if what == "train" else bench_generate(sd, cfg, **kw)
+                r = (bench_class_batch if what == "class_batch" else bench_train)(sd, clf, cfg, **kw)
             result[what][case] = r
             print(f"{what:11} {case:20} {r['s_per_image']:.4g} s/image  peak {r['peak_gib']} GiB", flush=True)
             if what == "class_batch" and len(result[what]) == len(CLASS_BATCH_CASES):

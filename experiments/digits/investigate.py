@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -42,6 +43,23 @@ def setup(extra=()):
     return cfg, sd, load_classifier(cfg.classifier), load_classifier(cfg.eval_classifier)
 
 
+@contextmanager
+def predicted_x0(scheduler):
+    """Collects each sampler step's predicted x0: the scheduler's own `step`, wrapped while the block runs."""
+    step, x0 = scheduler.step, []
+
+    def recording(*args, **kwargs):
+        out = step(*args, **kwargs)
+        x0.append(out.pred_original_sample)
+        return out
+
+    scheduler.step = recording
+    try:
+        yield x0
+    finally:
+        del scheduler.step  # the class's method again
+
+
 @torch.no_grad()
 def decided(seeds: int) -> str:
     cfg, sd, _, judge = setup()
@@ -49,19 +67,11 @@ def decided(seeds: int) -> str:
     lines.append("| --- " * (cfg.eval_steps + 2) + "|")
     for word in AMBIGUOUS_CLASSES:
         prompt = class_prompt(EVAL_TEMPLATE, "a", word)
-        x0_preds = []
         n = seeds
         latents = initial_noise(sd, seeds=list(range(n)))
         cond, uncond = encode(sd, [prompt]).expand(n), encode(sd, [""]).expand(n)
-        final = denoise(
-            sd,
-            latents,
-            cond,
-            uncond,
-            cfg.eval_steps,
-            cfg.eval_guidance_scale,
-            callback=lambda i, t, out, acc=x0_preds: acc.append(out.pred_original_sample),
-        )
+        with predicted_x0(sd.scheduler) as x0_preds:
+            final = denoise(sd, latents, cond, uncond, cfg.eval_steps, cfg.eval_guidance_scale)
         final_cls = judge(decode(sd, final)).argmax(1)
         agree = [(judge(decode(sd, x0)).argmax(1) == final_cls).float().mean().item() for x0 in x0_preds]
         lines.append(f"| {word} | " + " | ".join(f"{a:.0%}" for a in agree) + " | 100% |")
