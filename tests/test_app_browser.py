@@ -13,9 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from browser_setup import CHROMEDRIVER, CHROMIUM, NO_BROWSER, browser_outcome
 from test_app import start_app, stop_app
 
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+OUTCOME = browser_outcome(Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), os.environ)
+# A module-level skip mark: pytest folds the skips into one line naming the install command.
+pytestmark = [pytest.mark.slow, *([pytest.mark.skip(reason=NO_BROWSER)] if OUTCOME == "skip" else [])]
+
 FLAGS = "--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking"
 FLAGS += " --disable-component-update --disable-sync"
 # Budgets on an otherwise idle 2-core machine, in seconds; stretched by the measured load when other
@@ -30,8 +34,8 @@ def load_factor() -> float:
 @pytest.fixture
 def browsers(tmp_path):
     """Opens browsers (each a visitor of its own); all are closed at the end."""
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
+    if OUTCOME == "fail":
+        pytest.fail(NO_BROWSER)
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -151,7 +155,6 @@ def trained_token(driver) -> str:
     return driver.find_element(By.CSS_SELECTOR, "#trained input, #trained textarea").get_attribute("value")
 
 
-@pytest.mark.slow
 def test_two_visitors_train_and_a_reload_lists_both_tokens(browsers, app_url):
     from selenium.webdriver.common.by import By
 
@@ -192,7 +195,6 @@ def test_two_visitors_train_and_a_reload_lists_both_tokens(browsers, app_url):
     assert set(tokens) <= set(listed), listed
 
 
-@pytest.mark.slow
 def test_train_class_2_with_the_page_defaults_and_compare(browsers, app_url, tmp_path):
     from selenium.webdriver.common.by import By
 

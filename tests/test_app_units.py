@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from browser_setup import NO_BROWSER, browser_outcome
 
 from config import parse_args
 from demo.inputs import Limits, parse_class, positive, prompt_text, train_settings, whole
@@ -25,6 +26,16 @@ def fake_token(store: Store, run: str) -> Path:
     token.parent.mkdir(parents=True, exist_ok=True)
     token.write_bytes(b"token")
     return token
+
+
+@pytest.mark.parametrize(
+    ("found", "ci", "outcome"),
+    [(True, None, "run"), (True, "true", "run"), (False, None, "skip"), (False, "", "skip")]
+    + [(False, "false", "skip"), (False, "true", "fail"), (False, "1", "fail")],
+)
+def test_browser_tests_without_a_browser_skip_except_under_ci(found, ci, outcome):
+    assert browser_outcome(found, {} if ci is None else {"CI": ci}) == outcome
+    assert "apt-get install chromium chromium-driver" in NO_BROWSER and "\n" not in NO_BROWSER
 
 
 # ---------------------------------------------------------------- input checks
