@@ -39,6 +39,8 @@ def report_line(m: dict) -> str:
     for role in ("classifier", "eval_classifier"):
         if role in m:
             line += f"[{role}] {judged(m[role])}  "
+    if "agreement" in m:  # a token that fools the training classifier shows as disagreement with the judge
+        line += f"[judges agree on {pct(m['agreement']['token'])} of token images]  "
     if "fid" in m:  # Frechet distance to real images on the judge's features (lower: closer to real)
         line += f"[FD on {m['fid']['judge']}] baseline {m['fid']['baseline']:.3g} -> token {m['fid']['token']:.3g}"
     return line.rstrip()
