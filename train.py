@@ -58,6 +58,20 @@ def train_step(sd, clf, prompts: list[str], noise: torch.Tensor, targets, cfg):
     return F.cross_entropy(logits, targets, reduction="none"), logits.detach().argmax(1), images.detach()
 
 
+LAST_IMAGE_ALONE = 0.01  # the earlier images' projected part of the applied gradient counted as negligible
+
+
+def clip_regime(clips: list[bool], share: float | None) -> str:
+    """What the clip before backward made of an epoch's update (docs/original.md §7.1): "mean" when no
+    clip cut; "last image alone" when one cut and the last backward supplies the applied gradient up to
+    LAST_IMAGE_ALONE; "mixed" when a clip cut but the earlier images' remainder still counts."""
+    if not any(clips):
+        return "mean"
+    if share is not None and abs(1 - share) <= LAST_IMAGE_ALONE:
+        return "last image alone"
+    return "mixed"
+
+
 CPU_FORWARD = 64  # images per forward on the CPU when several runs train together
 
 
@@ -132,6 +146,7 @@ class Run:
     stop: str | None = None
     log: list = field(default_factory=list)
     clips: list = field(default_factory=list)  # this epoch's clips before backward: did each cut?
+    before_last: torch.Tensor | None = None  # the gradient right before this epoch's last backward, after its clip
     snapshots: dict = field(default_factory=dict)  # epoch (0-based, as the log) -> the token after its update
     start: float = field(default_factory=time.time)
 
@@ -155,21 +170,35 @@ class Run:
 
     def clip_before_backward(self) -> None:
         """The original's `clip_grad_norm_` before `accelerator.backward` (docs/original.md §7.1): it acts on
-        the scaled gradient accumulated so far. Records whether it cut (the last call decides the regime)."""
+        the scaled gradient accumulated so far. Records whether it cut, and what it left: the last call's
+        leftover is the earlier images' part of the update (`last_image_share`)."""
         if self.token.grad is not None:
             norm = torch.nn.utils.clip_grad_norm_([self.token], self.cfg.max_grad_norm).item()
             self.clips.append(norm > self.cfg.max_grad_norm)
+            self.before_last = self.token.grad.detach().clone()
+
+    def last_image_share(self) -> float | None:
+        """The share of the epoch's gradient G that its last backward (the last image at batch 1) added, by
+        projection onto G: <G - B, G> / <G, G>, B the gradient right before that backward. The loss scale
+        cancels. None without a finite, non-zero gradient."""
+        if self.token.grad is None:
+            return None
+        g = self.token.grad.detach().double()
+        last = g - (0 if self.before_last is None else self.before_last.double())
+        share = ((last * g).sum() / (g * g).sum()).item()
+        return share if math.isfinite(share) else None
 
     def finish_epoch(self, epoch: int, loss: float, preds: list[int]) -> dict:
         """Update the token, then the original's rules in its order; writes the log. Sets `stop`."""
         c = self.cfg
         accuracy = sum(p == self.target for p in preds) / len(preds)
         token_before = self.token.detach().clone()  # the token that produced this epoch's images
+        share = self.last_image_share() if c.clip_before_backward else None  # before unscaling: B is scaled
         update = update_token(self.opt, self.scaler, self.token, c.max_grad_norm, loss, not c.clip_before_backward)
         entry = dict(epoch=epoch, loss=loss, accuracy=accuracy, predictions=preds, **update)
         entry["prompts"] = self.prompts(epoch, c.placeholder_token)  # image j's prompt, as the original logs them
-        if c.clip_before_backward:  # the update came from the last image alone when the last clip cut
-            entry |= dict(clips=self.clips, last_image_regime=bool(self.clips and self.clips[-1]))
+        if c.clip_before_backward:
+            entry |= dict(clips=self.clips, last_image_share=share, last_image_regime=clip_regime(self.clips, share))
         self.log.append(entry | dict(lr=c.lr, noise_seed=self.noise_seed, seed=self.seed))
         if c.select_every and (epoch + 1) % c.select_every == 0:  # offered to the selection (selection.keep_best)
             self.snapshots[epoch] = self.token.detach().clone()
@@ -217,7 +246,7 @@ class Run:
         s |= dict(nonfinite_skipped=sum(e["skipped"] for e in self.log))
         s |= dict(zero_grad_epochs=sum(e["zero_grad"] for e in self.log))
         if self.cfg.clip_before_backward:
-            s["last_image_regime_epochs"] = sum(e["last_image_regime"] for e in self.log)
+            s["last_image_regime_epochs"] = sum(e["last_image_regime"] == "last image alone" for e in self.log)
         return s | dict(seconds=round(time.time() - self.start, 2))
 
     def _kept_description(self) -> str:
@@ -291,7 +320,7 @@ def epoch_pass(cfg, sd, clf, runs: list[Run], epoch: int, labels: list[str], per
     inputs = [run.epoch_inputs(sd, epoch) for run in runs]
     for run in runs:
         run.opt.zero_grad(set_to_none=True)
-        run.clips = []
+        run.clips, run.before_last = [], None
         sd.values[run.slot] = run.token
     items = [(k, j) for j in range(cfg.epoch_size) for k in range(len(runs))]
     # Each run's loss weight; its scale changes only in finish_epoch, so one read (a host sync) per epoch.
