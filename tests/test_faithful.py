@@ -12,7 +12,7 @@ from test_stopping import Scripted, setup  # noqa: F401  (the fixture)
 from config import parse_args
 from diffusion import encode, initial_noise, load_sd, longest_prompt
 from run import main
-from train import Run, _decay_vocabulary, make_scaler, train_step, update_token
+from train import Run, _decay_vocabulary, clip_regime, make_scaler, train_step, update_token
 from workspace import load_classifiers, load_diffusion, train_and_record
 
 
@@ -128,9 +128,10 @@ def test_preset_original_runs_and_logs_the_last_image_regime(tiny, tmp_path):
     cfg = json.loads((tok / "config.json").read_text())
     assert cfg["batch_size"] == 1 and cfg["clip_before_backward"] and cfg["decay_vocabulary"]
     log = [json.loads(line) for line in (tok / "train_log.jsonl").read_text().splitlines()]
-    assert all(len(e["clips"]) == 1 and e["last_image_regime"] == e["clips"][-1] for e in log)  # epoch_size 2
+    regimes = [clip_regime(e["clips"], e["last_image_share"]) for e in log]
+    assert all(len(e["clips"]) == 1 for e in log) and [e["last_image_regime"] for e in log] == regimes  # 2 images
     summary = json.loads((tok / "train_summary.json").read_text())
-    assert summary["last_image_regime_epochs"] == sum(e["last_image_regime"] for e in log)
+    assert summary["last_image_regime_epochs"] == sum(e["last_image_regime"] == "last image alone" for e in log)
     assert summary["micro_batch_size"] == 1
 
 
