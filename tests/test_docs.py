@@ -95,3 +95,12 @@ def test_no_reference_outside_the_repository(path):
     text = path.read_text()
     assert "REFERENCE" + ".md" not in text and "../" + "shared" not in text, path
     assert not re.search(r"\b(issue #?\d|this sess" + r"ion)", text, flags=re.I), path
+
+
+def test_the_product_never_imports_the_lab():
+    """experiments/ measures and investigates; the tool (top level, demo/, tools/, digits/, tests/) stands
+    without it, and at most 14 modules stand at the top level."""
+    lab = re.compile(r"^\s*(from|import)\s+experiments\b", flags=re.M)
+    product = [p for p in CODE if p.relative_to(ROOT).parts[0] != "experiments"]
+    assert product and not [p for p in product if lab.search(p.read_text())]
+    assert len([p for p in CODE if len(p.relative_to(ROOT).parts) == 1]) <= 14
