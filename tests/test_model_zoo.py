@@ -154,7 +154,7 @@ def test_command_line_builds_a_folder_that_loads(tmp_path):
     env = os.environ | {"HF_HUB_OFFLINE": "1"}
     cmd = [
         sys.executable,
-        str(root / "tools" / "tools/model_zoo.py"),
+        str(root / "tools" / "model_zoo.py"),
         "sdxl",
         str(tmp_path / "m"),
         "--words",

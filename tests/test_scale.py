@@ -81,7 +81,8 @@ def test_processes_share_the_classes(tiny, tmp_path):
         procs[d.name] = json.loads((d / "default" / "train_summary.json").read_text())["process"]
     assert len(procs) == 5 and sorted(procs.values()) == [0, 0, 0, 1, 1]
     assert [x["class_index"] for x in rows(out)] == ["1", "2", "3", "4", "5"]
-    assert r.stdout.count("great white shark") == 2  # one report line and one summary table row
+    # one learned line, one report line and one summary table row: each class is reported once
+    assert r.stdout.count("great white shark") == 3 and r.stdout.count("class 5 (great white shark): [") == 1
 
 
 def test_readme_reuse_example_runs_and_is_quoted(tiny, tmp_path):
