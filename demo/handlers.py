@@ -1,6 +1,7 @@
 """The web demo's event handlers: each turns a page event (or API call) into a job of demo.jobs and
 its result into what the page shows. Messages are one line, never a stack trace or a server path."""
 
+import copy
 import functools
 import inspect
 import os
@@ -14,7 +15,8 @@ import gradio as gr
 from demo.inputs import TOKEN_WORD, class_choices
 from utils import UsageError, to_pil, view_scale
 
-HIDDEN_PATHS: list[str] = [str(Path(__file__).resolve().parents[1])]  # + the output folder (Handlers)
+REPO = Path(__file__).resolve().parents[1]
+HIDDEN_PATHS: list[str] = [str(REPO)]  # + the output folder (Handlers)
 LOG_HEADERS = ["epoch", "loss", "accuracy", "grad_norm"]
 
 
@@ -103,10 +105,26 @@ def accuracy_lines(m: dict) -> list[str]:
 
 
 def short(model: str) -> str:
-    """A local model folder as the user would name it (digits/classifier), a hub id as it is."""
-    if os.path.isabs(model) and not os.path.relpath(model).startswith(".."):
-        return os.path.relpath(model)
-    return model
+    """A model as messages show it, never a server path: a local folder relative to the repository
+    (digits/classifier), else by its last two names; a hub id as it is."""
+    path = Path(model).expanduser()
+    if not (path.is_absolute() or model.startswith((".", "~")) or path.is_dir()):
+        return model  # a hub id ("org/name") or a classifier preset ("inet")
+    path = path.resolve()
+    if path.is_relative_to(REPO):
+        return path.relative_to(REPO).as_posix()
+    return "/".join(path.parts[1:][-2:])
+
+
+def shown_metrics(m: dict) -> dict:
+    """metrics.json as the page and the API show it: its model folders named by short()."""
+    m = copy.deepcopy(m)
+    if "sd_model" in m.get("settings", {}):
+        m["settings"]["sd_model"] = short(m["settings"]["sd_model"])
+    for role in ("classifier", "eval_classifier"):
+        if "name" in m.get(role, {}):
+            m[role]["name"] = short(m[role]["name"])
+    return m
 
 
 def view(image):
@@ -167,7 +185,7 @@ class Handlers:
         prompts, s = self.prompts(m), m["seeds"]
         seeds_line = f"{len(s)} seeds ({s[0]}..{s[-1]}); prompts: “{prompts['baseline']}” vs “{prompts['token']}”"
         shown = [self.captioned(*r["shown"][k], t) for k in ("baseline", "token")]
-        return *shown, "\n\n".join([*accuracy_lines(m), seeds_line]), m
+        return *shown, "\n\n".join([*accuracy_lines(m), seeds_line]), shown_metrics(m)
 
     def prompts(self, metrics: dict) -> dict:
         """The compared prompts as the page writes them (S_c for the tokenizer's word)."""

@@ -1,6 +1,7 @@
 """The web demo's page: four tabs (Train, Compare, Use the token, Results) and the events that join
 them to demo.handlers. Every action is also an API endpoint for gradio_client."""
 
+import inspect
 import os
 from types import SimpleNamespace as Parts
 
@@ -8,7 +9,7 @@ import gradio as gr
 
 from config import PRESETS, RunConfig
 from demo.handlers import CURVES, LOG_HEADERS, Handlers, page_errors, short
-from demo.inputs import TOKEN_WORD, class_choices
+from demo.inputs import TOKEN_WORD, class_choices, shown
 
 PRIVATE = dict(api_visibility="private", queue=False)  # page-only events, answered at once
 MODEL = dict(concurrency_id="model")  # one job at a time over every endpoint that uses the models
@@ -179,9 +180,46 @@ def wire(demo: gr.Blocks, h: Handlers, tabs, t: Parts, c: Parts, u: Parts, r: Pa
     gr.api(h.api_classes, api_name="classes", queue=False)
 
 
+TEXT = (gr.Textbox, gr.Dropdown)  # every field an endpoint reads: the handlers parse its text
+
+
+class Page(gr.Blocks):
+    """gr.Blocks whose endpoints answer missing or malformed inputs with a message naming them; Gradio's
+    own check raises an error that its API shows as {"error": null}. Runs before any input is read."""
+
+    def validate_inputs(self, block_fn, inputs: list):
+        names = input_names(block_fn)
+        if len(inputs) < len(names):
+            endpoint = f"/{block_fn.api_name} takes" if block_fn.api_name else "takes"
+            missing = ", ".join(names[len(inputs) :])
+            raise gr.Error(f"missing inputs: {missing} ({endpoint} {', '.join(names)})", print_exception=False)
+        for name, block, value in zip(names, block_fn.inputs, inputs):
+            # Only what clients can call: the page's own events send only its fields' values.
+            if block_fn.api_visibility != "private" and isinstance(block, TEXT) and not text_like(value):
+                raise gr.Error(f"{name} {shown(value)}: must be text or a number", print_exception=False)
+        super().validate_inputs(block_fn, inputs)
+
+
+def text_like(value) -> bool:
+    """What a text field holds as JSON: text, a number or nothing (a list, an object or a boolean is not)."""
+    return value is None or isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def input_names(block_fn) -> list[str]:
+    """An event's inputs by the names the API lists (its handler's parameters), else by position."""
+    try:
+        params = inspect.signature(block_fn.fn).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    names = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD and p.annotation is not gr.Request]
+    if len(names) != len(block_fn.inputs):
+        names = [f"input {i + 1}" for i in range(len(block_fn.inputs))]
+    return names
+
+
 def build_ui(jobs) -> gr.Blocks:
     h = Handlers(jobs)
-    with gr.Blocks(title="DisCo demo", delete_cache=(3600, 6 * 3600)) as demo:
+    with Page(title="DisCo demo", delete_cache=(3600, 6 * 3600)) as demo:
         gr.Markdown(intro(jobs.cfg, jobs.limits.max_epochs))
         with gr.Tabs() as tabs:
             with gr.Tab("Train", id="train"):

@@ -32,10 +32,10 @@ def free_port() -> int:
 
 
 def start_app(
-    out: Path | None, *args: str, root: Path = ROOT, timeout: float = 240
+    out: Path | None, *args: str, root: Path = ROOT, timeout: float = 240, env: dict | None = None
 ) -> tuple[subprocess.Popen, str, float]:
-    """`python demo/app.py` as a user starts it (from `root`; without `out`, its default output folder);
-    returns the process, its URL and the seconds until the page answered."""
+    """`python demo/app.py` as a user starts it (from `root`; without `out`, its default output folder;
+    `env` added to the environment); returns the process, its URL and the seconds until the page answered."""
     port = free_port()
     cmd = [
         sys.executable,
@@ -45,7 +45,7 @@ def start_app(
         *(["--output_path", str(out)] if out else []),
         *args,
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
     log = open((out or root).parent / f"app_{port}.log", "w")
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -100,9 +100,9 @@ def api_error(client, *args, api_name: str) -> str:
 def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch, tmp_path):
     monkeypatch.delenv("GRADIO_SERVER_NAME", raising=False)
     monkeypatch.delenv("GRADIO_SERVER_PORT", raising=False)
-    monkeypatch.chdir(tmp_path)  # the parser creates the default output folder where the server starts
+    monkeypatch.chdir(tmp_path)  # the default output folder is relative to where the server starts
     args, cfg = app.parse_app_args([])
-    assert (tmp_path / app.DEFAULT_OUTPUT).is_dir()
+    assert not (tmp_path / "out").exists()  # parsing checks the folder, the server's store creates it
     assert (args.host, args.port, args.share) == ("127.0.0.1", 7860, False)
     assert cfg.preset == "digits" and cfg.sd_model.endswith("digits/pipeline") and cfg.output_path == app.DEFAULT_OUTPUT
     # The page's epochs; the rest the preset's.
@@ -148,6 +148,70 @@ def test_bad_server_flag_exits_2_without_traceback():
         [sys.executable, str(ROOT / "demo" / "app.py"), "--max_seeds", "-1"], capture_output=True, text=True
     )
     assert r.returncode == 2 and r.stderr.strip() == "app.py: error: --max_seeds -1: must be a positive integer"
+
+
+def taken_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--port", "70000"], "--port 70000: must be a port number in 1..65535"),
+        (["--port", "-1"], "--port -1: must be a port number in 1..65535"),
+        (["--port", "{taken}"], "--port {taken}: already in use on 127.0.0.1; pick another"),
+        (["--class_index", "99"], "--class_index: the demo picks the class on the page; not a server flag"),
+    ],
+)
+def test_a_refused_start_is_one_line_and_creates_nothing(tmp_path, argv, message):
+    """Refused before the run flags are parsed (config.parse_args creates the output folder)."""
+    with taken_port() as s:
+        port = str(s.getsockname()[1])
+        argv = [a.replace("{taken}", port) for a in argv]
+        cmd = [sys.executable, str(ROOT / "demo" / "app.py"), *argv]
+        r = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)  # not a server
+    assert (r.returncode, r.stderr.strip()) == (2, "app.py: error: " + message.replace("{taken}", port))
+    assert list(tmp_path.iterdir()) == []  # no out/demo
+
+
+@pytest.mark.parametrize(
+    "flag, why",
+    [
+        ("--class_index 99", "the demo picks the class on the page"),
+        ("--class_name stick", "the demo picks the class on the page"),
+        ("--train", "the page's buttons choose what runs"),
+        ("--evaluate false", "the page's buttons choose what runs"),
+        ("--generate 4", "the Use tab generates images"),
+        ("--exp_id mine", "every training names a run folder of its own"),
+        ("--skip_exists", "every training names a run folder of its own"),
+        ("--candidates 2", "the page trains one token per request"),
+        ("--class_batch 2", "the page trains one class per request"),
+        ("--save_as_full_pipeline", "the page saves tokens only"),
+    ],
+)
+def test_run_flags_the_demo_does_not_use_are_refused(monkeypatch, tmp_path, flag, why):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError) as e:
+        app.parse_app_args(flag.split())
+    assert str(e.value) == f"{flag.split()[0]}: {why}; not a server flag"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_does_not_offer_the_refused_flags(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_app_args(["--help"])
+    listing, refused = capsys.readouterr().out.rsplit("\n", 2)[0], app.NOT_SERVER_FLAGS
+    assert "--sd_model" in listing and not any(f"--{flag} " in listing for flag in refused)
+
+
+def test_a_bad_port_variable_is_one_line(monkeypatch):
+    monkeypatch.setenv("GRADIO_SERVER_PORT", "abc")
+    with pytest.raises(UsageError) as e:
+        app.parse_app_args([])
+    assert str(e.value) == "argument --port: invalid int value: 'abc'"
 
 
 def test_run_py_and_the_jobs_do_not_import_gradio():
@@ -198,6 +262,7 @@ def test_train_compare_generate_and_the_token_is_a_normal_token(client, server):
     base, tok, summary, metrics = client.predict(trained, 6, api_name="/compare")
     first = PRESETS["digits"]["eval_seed"]  # the preset's evaluation seeds (the test range)
     assert metrics["seeds"] == list(range(first, first + 6)) and metrics["class_index"] == 2
+    assert metrics["settings"]["sd_model"] == "digits/pipeline" and str(ROOT) not in json.dumps(metrics)
     for role in ("classifier", "eval_classifier"):
         assert 0 <= metrics[role]["baseline_accuracy"] <= 1 and 0 <= metrics[role]["token_accuracy"] <= 1
     assert len(base) == len(tok) == 6
@@ -262,6 +327,44 @@ def test_bad_input_is_a_message_and_the_next_call_works(client):
     assert client.predict(api_name="/classes")[1] == "2: stick"  # the server goes on working
 
 
+TRAIN_INPUTS = "class_choice, epochs, lr, seed, grad_steps"  # the handler's parameters, as the API lists them
+
+
+def raw_error(url: str, endpoint: str, data: list) -> str:
+    """What a plain HTTP client (no gradio_client to fill in defaults) gets for `data`: the error's message."""
+    call = url + "gradio_api/call" + endpoint
+    body = json.dumps({"data": data}).encode()
+    request = urllib.request.Request(call, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as r:
+        event = json.load(r)["event_id"]
+    with urllib.request.urlopen(f"{call}/{event}") as r:
+        stream = r.read().decode()
+    assert stream.startswith("event: error"), stream
+    return json.loads(stream.split("data:", 1)[1])["error"]
+
+
+@pytest.mark.parametrize(
+    "endpoint, data, message",
+    [
+        ("/train", ["2: stick"], "missing inputs: epochs, lr, seed, grad_steps (/train takes " + TRAIN_INPUTS + ")"),
+        ("/compare", [], "missing inputs: run, seeds (/compare takes run, seeds)"),
+        ("/generate", ["x"], "missing inputs: prompt, seed, images (/generate takes run, prompt, seed, images)"),
+        ("/open_run", [], "missing inputs: run (/open_run takes run)"),
+        ("/download", [], "missing inputs: path (/download takes path)"),
+        ("/train", [["2: stick"], 1, 0.06, 35, 15], "class_choice ['2: stick']: must be text or a number"),
+        ("/train", ["2: stick", True, 0.06, 35, 15], "epochs True: must be text or a number"),
+        ("/generate", ["2_stick/x", {"text": "a"}, 0, 1], "prompt {'text': 'a'}: must be text or a number"),
+        ("/download", [{"path": "/etc/passwd"}], "path {'path': '/etc/passwd'}: must be text or a number"),
+    ],
+)
+def test_missing_or_malformed_inputs_get_a_message_naming_them(server, endpoint, data, message):
+    assert raw_error(server["url"], endpoint, data) == message
+
+
+def test_malformed_inputs_through_gradio_client(client):
+    assert api_error(client, [2], 1, 0.06, 35, 15, api_name="/train") == "class_choice [2]: must be text or a number"
+
+
 def test_long_download_names_show_no_server_path(client, server):
     for name in ["a" * 300, "a/" * 200, "b" * 4000]:
         message = api_error(client, name, api_name="/download")
@@ -303,6 +406,32 @@ def test_gradio_serves_only_the_output_folder(server):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(base + outside)
         assert e.value.code in (403, 404), outside
+
+
+def test_the_servers_temporary_files_stay_in_its_output_folder(tmp_path):
+    """Gradio's cache of the files it serves lives in the output folder, not the system's temporary
+    folder (TMPDIR, empty here), and goes when the server stops."""
+    out, tmp = tmp_path / "out", tmp_path / "tmp"
+    tmp.mkdir()
+    token = out / "pipeline_token" / "3_two" / "x" / "learned_embeds.safetensors"
+    token.parent.mkdir(parents=True)
+    token.write_bytes(b"token")
+    (out / "img" / "3_two" / "x").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (32, 16)).save(out / "img" / "3_two" / "x" / "grid.png")
+    proc, url, _ = start_app(out, env={"TMPDIR": str(tmp)})
+    try:
+        from gradio_client import Client
+
+        grid, *_ = Client(url, verbose=False).predict("3_two/x", api_name="/open_run")
+        assert Path(grid).read_bytes() == (out / "img" / "3_two" / "x" / "grid.png").read_bytes()
+        assert list(tmp.iterdir()) == []
+        (cache,) = out.glob(".tmp-*")
+        assert sorted(f.name for f in cache.rglob("*.*")) == ["grid.png", "learned_embeds.safetensors"]
+    finally:
+        stop_app(proc)
+    assert not cache.exists() and list(tmp.iterdir()) == [] and token.is_file()
 
 
 @pytest.mark.slow

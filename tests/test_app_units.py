@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from browser_setup import NO_BROWSER, browser_outcome
+from conftest import ROOT
 
 from config import parse_args
 from demo.inputs import Limits, parse_class, positive, prompt_text, train_settings, whole
@@ -161,3 +162,32 @@ def test_messages_and_summaries_count_epochs_from_1():
     loss, accuracy = curves(log)
     assert loss["data"] == [[1, 2.5], [2, 2.0]] and accuracy["data"] == [[1, 0.5], [2, 0.75]]
     assert accuracy["columns"] == ["epoch", "accuracy"] and accuracy["mark"] == "line"
+
+
+def test_model_paths_are_never_shown_as_server_paths(monkeypatch, tmp_path):
+    """Started from outside the repository: a folder in it is named relative to it, any other folder
+    by its last two names, a hub id as it is."""
+    from demo.handlers import accuracy_lines, short
+
+    monkeypatch.chdir(tmp_path)
+    inside, outside = str(ROOT / "digits" / "classifier"), str(tmp_path / "models" / "my_clf")
+    assert [short(inside), short(outside), short("org/model"), short("inet")] == [
+        "digits/classifier", "models/my_clf", "org/model", "inet",
+    ]  # fmt: skip
+    m = dict(classifier=dict(name=outside, baseline_accuracy=0.5, token_accuracy=0.75))
+    assert accuracy_lines(m) == ["**classifier** (models/my_clf): baseline 50% → token 75%"]
+
+
+def test_the_compare_tabs_metrics_show_no_server_path(cfg, monkeypatch, tmp_path):
+    from demo.handlers import Handlers
+
+    monkeypatch.chdir(tmp_path)
+    model, clf = str(ROOT / "digits" / "pipeline"), str(tmp_path / "models" / "my_clf")
+    m = dict(seeds=[1], prompts=dict(baseline="A photo of a two", token="A photo of newclas two"))
+    m |= dict(settings=dict(sd_model=model), classifier=dict(name=clf, baseline_accuracy=0.5, token_accuracy=1.0))
+    result = dict(metrics=m, shown=dict(baseline=([], []), token=([], [])), target=2)
+    jobs = SimpleNamespace(store=Store(cfg.output_path, LABELS), labels=LABELS, cfg=cfg, compare=lambda *a: result)
+    *_, summary, shown = Handlers(jobs).compare("3_two/x", 1)
+    assert (shown["settings"]["sd_model"], shown["classifier"]["name"]) == ("digits/pipeline", "models/my_clf")
+    assert str(tmp_path) not in summary + str(shown) and str(ROOT) not in summary + str(shown)
+    assert m["classifier"]["name"] == clf  # metrics.json itself keeps run.py's record
