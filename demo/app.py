@@ -149,7 +149,9 @@ def remove_empty(folders: list[Path]) -> None:
 
 def private_temp(out: str) -> Path:
     """A temporary folder of the server's own inside the output folder, for every temporary file of
-    the process: Gradio's cache of the images it serves and of uploads, and any library's."""
+    the process: Gradio's cache of the images it serves and of uploads, and any library's. The output
+    folder is made here, once every check has passed (a refused start removes it again if still empty)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=Path(out).resolve()))
     os.environ["GRADIO_TEMP_DIR"] = os.environ["TMPDIR"] = str(temp)  # read by gradio at import
     tempfile.tempdir = str(temp)
