@@ -100,7 +100,6 @@ class RunConfig:
     eval_batch_size: int = 10  # images per forward pass when generating (results do not depend on it)
     fid_reference: str = ""  # folder of real images of the class (or of <class dir>/ subfolders): Frechet distance
     save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
-    webui_token: bool = False  # also write <class dir>.safetensors for AUTOMATIC1111 / ComfyUI (name = prompt word)
     # --- many runs at once ---
     candidates: int = 1  # train K tokens per class (own noise seeds), keep the one most accurate on selection seeds
     select_size: int = 20  # images per offered token on the selection seeds, judged by `classifier`

@@ -48,6 +48,7 @@ class StableDiffusion:
     token would get no gradient)."""
 
     name = "SD 1.x/2.x"
+    hub_tag = "stable-diffusion"  # the hub tag of a token's model card
     denoiser = "unet"
     encoders = (("text_encoder", "tokenizer", "clip_l"),)
     # The original's family: diffusers' one-tensor token file, the original's prompt padding and autocast,
@@ -96,6 +97,7 @@ class StableDiffusionXL(StableDiffusion):
     model says `force_zeros_for_empty_prompt`."""
 
     name = "SDXL"
+    hub_tag = "sdxl"
     encoders = (("text_encoder", "tokenizer", "clip_l"), ("text_encoder_2", "tokenizer_2", "clip_g"))
     classic = False
     vae_upcast = True  # SDXL's VAE overflows in fp16
@@ -126,6 +128,7 @@ class StableDiffusion3(StableDiffusion):
     flow matching; the unconditional input is the encoded empty prompt."""
 
     name = "SD3"
+    hub_tag = "sd3"
     denoiser = "transformer"
     classic = False
     safety_checker = None
@@ -162,6 +165,7 @@ class Flux(StableDiffusion):
     scale as an input instead, one forward per step)."""
 
     name = "FLUX.1"
+    hub_tag = "flux"
     denoiser = "transformer"
     classic = False
     safety_checker = None

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from config import RunConfig
 from stats import mean_interval, paired_gain
-from utils import font, read_json, save_image, write_json, write_text
+from utils import copy_file, font, read_json, save_image, write_json, write_text
 from workspace import ClassPaths
 
 
@@ -273,3 +273,176 @@ def gains_chart(rows: list[dict], title: str) -> Image.Image:
             d.line([cx - 5, _y(v, y_range), cx + 5, _y(v, y_range)], fill="black", width=2)
         d.text((cx - step * 0.4, H - BOTTOM + 4), str(r["class_index"])[:6], fill="black", font=font(11))
     return img
+
+
+# The model card in each token folder, so that the folder is a hub repository as it is (README.md's front
+# matter is what the hub reads: huggingface_hub.ModelCard parses it).
+HUB_LICENSES = {  # the hub's license field of the default models (and of the presets' models)
+    "CompVis/stable-diffusion-v1-4": ("creativeml-openrail-m", None),
+    "stabilityai/stable-diffusion-2-1-base": ("openrail++", None),
+    "stabilityai/stable-diffusion-xl-base-1.0": ("openrail++", None),
+    "stabilityai/sdxl-turbo": ("other", "sai-nc-community"),
+    "stabilityai/stable-diffusion-3-medium-diffusers": ("other", "stabilityai-ai-community"),
+    "black-forest-labs/FLUX.1-schnell": ("apache-2.0", None),
+    "black-forest-labs/FLUX.1-dev": ("other", "flux-1-dev-non-commercial-license"),
+}
+
+
+def is_local(ref: str) -> bool:
+    return Path(ref).expanduser().is_dir()
+
+
+def shown(ref: str) -> str:
+    """A model as a card names it: the hub id, or a local folder's name only (no path of this machine)."""
+    return f"{Path(ref).expanduser().resolve().name} (a local folder)" if is_local(ref) else ref
+
+
+def write_card(cfg: RunConfig, sd, c: int, name: str, paths: ClassPaths) -> None:
+    """README.md in the token folder: front matter (base model, license, tags, the prompt), the class, the
+    evaluation table of metrics.json with its grid (copied beside it) when the class was evaluated, how to
+    load the token in diffusers, ComfyUI and AUTOMATIC1111, and how to upload the folder."""
+    from prompt_datasets import EVAL_TEMPLATE, class_prompt
+
+    prompt = class_prompt(EVAL_TEMPLATE, paths.word, name)
+    m = read_json(paths.metrics) if paths.metrics.exists() else None
+    grid = paths.img_dir / "grid.png"
+    if m is not None and grid.is_file():
+        copy_file(grid, paths.token_dir / "grid.png")
+    has_grid = m is not None and (paths.token_dir / "grid.png").is_file()
+    parts = [card_front_matter(cfg, sd, prompt, has_grid), card_intro(cfg, sd, c, name, paths, prompt)]
+    parts += [card_evaluation(m, c, has_grid) if m else "## Evaluation\n\nNot evaluated (`--evaluate False`).\n"]
+    parts += [card_usage(cfg, sd, paths, prompt), card_upload(paths)]
+    write_text(paths.card, "\n".join(parts))
+
+
+def card_front_matter(cfg: RunConfig, sd, prompt: str, has_grid: bool) -> str:
+    from huggingface_hub import ModelCardData
+
+    license_id, license_name = HUB_LICENSES.get(cfg.sd_model, ("other", None))
+    data = ModelCardData(
+        base_model=None if is_local(cfg.sd_model) else cfg.sd_model,
+        license=license_id,
+        license_name=license_name,
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        tags=["textual-inversion", "disco", "diffusers", sd.family.hub_tag, "text-to-image"],
+        instance_prompt=prompt,
+        widget=[dict(text=prompt, output=dict(url="grid.png"))] if has_grid else None,
+    )
+    return f"---\n{data.to_yaml()}\n---\n"
+
+
+def card_intro(cfg: RunConfig, sd, c: int, name: str, paths: ClassPaths, prompt: str) -> str:
+    base = shown(cfg.sd_model)
+    where = "\nA local model folder has no hub id: the card names no `base_model`." if is_local(cfg.sd_model) else ""
+    known = cfg.sd_model in HUB_LICENSES
+    licence = "" if known else "\nThe license is the base model's (`other` here): check it before sharing the token."
+    return (
+        f"# {paths.word}: a DisCo class token for {name}\n\n"
+        f"A discriminative class token (DisCo, ICCV 2023) for class {c + 1} ({name}) of the classifier "
+        f"`{shown(cfg.classifier)}`: one new word of the text encoder{'s' if not sd.family.classic else ''} of "
+        f"`{base}` ({sd.family.name}), trained so that the frozen classifier recognises the class in the images "
+        f"of the prompt (experiment `{cfg.exp_id}`)\n\n```text\n{prompt}\n```\n{where}{licence}\n"
+    )
+
+
+def card_evaluation(m: dict, c: int, has_grid: bool) -> str:
+    """metrics.json as a table: per judge, both accuracies and the gain with their 95% intervals, printed
+    as the run's own table prints them."""
+    seeds = m.get("seeds", [])
+    lines = [
+        "## Evaluation\n",
+        f"{len(seeds)} images per prompt on the evaluation seeds {seeds[0]}..{seeds[-1]}, the same seeds for both "
+        f'prompts (baseline: "{m["prompts"]["baseline"]}"; token: the prompt above). Each judge names the class '
+        "it sees; 95% intervals: Wilson for the accuracies, Newcombe's paired interval for the gain (points).\n",
+        "| judge | classifier | baseline | token | gain |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for role in ROLES:
+        res = m.get(role)
+        if not res:
+            continue
+        if "gain_ci" not in res:  # metrics.json written before intervals existed
+            from evaluate import intervals
+
+            res = res | intervals(res, c)
+        cells = [role, f"`{shown(res['name'])}`", f"{pct(res['baseline_accuracy'])} {bounds(*res['baseline_ci'])}"]
+        cells += [f"{pct(res['token_accuracy'])} {bounds(*res['token_ci'])}"]
+        cells += [f"{points(res['gain'])} {bounds(*res['gain_ci'], signed=True)}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("\n`classifier` trained the token; `eval_classifier`, when present, is a second judge that did not.\n")
+    if has_grid:
+        lines.append("![The same seeds: baseline prompt (top) and token prompt (bottom)](grid.png)\n")
+    return "\n".join(lines)
+
+
+def card_usage(cfg: RunConfig, sd, paths: ClassPaths, prompt: str) -> str:
+    word = paths.word
+    return (
+        f"## Use it\n\n**diffusers**\n\n```python\n{diffusers_code(cfg, sd, word, prompt)}```\n\n{diffusers_note(sd)}"
+        f"**ComfyUI** and **AUTOMATIC1111** take the prompt word from the file's name: the run wrote "
+        f"`embeddings/{word}.safetensors` beside its results.csv (or save `learned_embeds.safetensors` under that "
+        f"name). In ComfyUI's models/embeddings folder, write `embedding:{word}` in the prompt; in "
+        f"AUTOMATIC1111's embeddings folder, write `{word}`. {tool_support(sd)}\n"
+    )
+
+
+def diffusers_code(cfg: RunConfig, sd, word: str, prompt: str) -> str:
+    """SD 1.x: diffusers' own loader; SDXL, FLUX.1: its loader once per text encoder; SD3 (no loader):
+    docs/reuse_example.py's add_token."""
+    base = "<base model>" if is_local(cfg.sd_model) else cfg.sd_model
+    lines = ["from diffusers import DiffusionPipeline"] + ([] if sd.family.classic else [LOAD_FILE]) + [""]
+    lines += [f'pipe = DiffusionPipeline.from_pretrained("{base}")']
+    if sd.family.classic:
+        lines += [f'pipe.load_textual_inversion("learned_embeds.safetensors", token="{word}")']
+    elif sd.family.name == "SD3":
+        lines += [f'add_token(pipe, load_file("learned_embeds.safetensors"), "{word}")  # docs/reuse_example.py']
+    else:
+        lines += ['rows = load_file("learned_embeds.safetensors")']
+        lines += [
+            f'pipe.load_textual_inversion(rows["{key}"], token="{word}", text_encoder=pipe.{te}, tokenizer=pipe.{tok})'
+            for te, tok, key in sd.family.encoders
+        ]
+    return "\n".join([*lines, f'image = pipe("{prompt}").images[0]', ""])
+
+
+LOAD_FILE = "from safetensors.torch import load_file"
+
+
+def diffusers_note(sd) -> str:
+    if sd.family.classic:
+        return ""
+    return (
+        "Training pooled CLIP at the end-of-text token; a CLIP config with `eos_token_id: 2` pools at the new "
+        "word instead. `add_token` of the DisCo project's docs/reuse_example.py loads every row (SD3's pipeline "
+        "has no loader: it sets the rows itself) and pools as training did.\n\n"
+    )
+
+
+def tool_support(sd) -> str:
+    """Which of the two tools read this family's file (docs/pipelines.md, "Reuse in ComfyUI and AUTOMATIC1111")."""
+    name = sd.family.name
+    if name == "FLUX.1":
+        return "ComfyUI reads FLUX.1 files (clip_l, t5xxl); AUTOMATIC1111 does not."
+    if name == "SD3":
+        return "ComfyUI reads every row; AUTOMATIC1111 reads the clip_l and clip_g rows (not t5xxl)."
+    return f"Both read {name} files."
+
+
+def upload_command() -> str:
+    """The hub CLI of the installed huggingface_hub: `hf` (0.34 and later), else `huggingface-cli`."""
+    import importlib.util
+
+    return "hf upload" if importlib.util.find_spec("huggingface_hub.cli.hf") else "huggingface-cli upload"
+
+
+def card_upload(paths: ClassPaths) -> str:
+    big = ' (add `--exclude "pipeline/*"` to leave out a full pipeline written by --save_as_full_pipeline)'
+    return (
+        "## Files and upload\n\n"
+        "`learned_embeds.safetensors` (the token), `config.json` (the run's settings, local paths included), "
+        "`train_log.jsonl`, `train_summary.json`, `metrics.json`, `grid.png` when evaluated. The folder is a model "
+        f"repository as it is{big}:\n\n"
+        f"```bash\ncd <output_path>   # the folder that holds pipeline_token/\n"
+        f"{upload_command()} <your name>/{paths.word} {paths.token_dir.relative_to(paths.token_dir.parents[2])}\n```\n"
+    )

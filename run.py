@@ -31,7 +31,7 @@ def run(cfg: "RunConfig") -> int:
     from evaluate import check_fid_references, evaluate_classes
     from report import format_table, learned_line, report_line, write_summary
     from tokens import load_token
-    from utils import UsageError, remove_stale_tmp
+    from utils import UsageError, remove_stale_tmp, remove_stale_tmp_of
     from workspace import (
         ClassPaths,
         check_outputs,
@@ -70,6 +70,7 @@ def run(cfg: "RunConfig") -> int:
             for c in mine[start : start + cfg.class_batch]:
                 paths = ClassPaths.of(cfg, c, labels[c])
                 remove_stale_tmp(paths.token_dir, paths.img_dir)  # left by a run that was killed
+                remove_stale_tmp_of(paths.embedding)  # the shared folder: this class's leftovers only
                 if not (cfg.skip_exists and finished(cfg, sd, paths)):
                     jobs.append((c, labels[c], paths))
             if cfg.train and jobs:
@@ -87,21 +88,28 @@ def run(cfg: "RunConfig") -> int:
     if state.is_main_process:
         rows = write_summary(cfg, classes, labels)
         print(format_table(rows))
-        print(f"images: {Path(cfg.output_path) / 'img'}   tokens: {Path(cfg.output_path) / 'pipeline_token'}")
+        out = Path(cfg.output_path)
+        print(f"images: {out / 'img'}   tokens: {out / 'pipeline_token'}   embeddings: {out / 'embeddings'}")
     return 0
 
 
 def finish_class(cfg: "RunConfig", sd, c: int, name: str, paths) -> None:
-    """After training and evaluation: generated images and the full pipeline, as asked."""
+    """After training and evaluation: the token in the embeddings folder, the model card, generated images
+    and the full pipeline, as asked."""
     from diffusion import set_token
     from evaluate import generate_dataset
-    from tokens import load_token
+    from report import write_card
+    from tokens import load_token, save_embedding
     from workspace import save_full_pipeline
 
+    value = load_token(paths.token, sd, cfg.placeholder_token)
+    stamp = paths.owner | dict(disco_class_index=str(c + 1), disco_class_name=name, sd_model=cfg.sd_model)
+    save_embedding(paths.embedding, sd, cfg.placeholder_token, value, stamp | dict(disco_family=sd.family.name))
+    write_card(cfg, sd, c, name, paths)
     if cfg.generate:
         generate_dataset(cfg, sd, name, paths, Path(cfg.output_path) / "generated" / paths.dir_name)
     if cfg.save_as_full_pipeline:
-        set_token(sd, load_token(paths.token, sd, cfg.placeholder_token))  # this class's token in S_c's row
+        set_token(sd, value)  # this class's token in S_c's row
         save_full_pipeline(sd, paths.token_dir / "pipeline")
 
 

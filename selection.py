@@ -58,8 +58,6 @@ def keep_best(cfg: RunConfig, sd, runs: list, scores, paths) -> dict:
     token = runs[k].kept if epoch is None else runs[k].snapshots[epoch]
     set_token(sd, token)
     save_token(paths.token, sd, cfg.placeholder_token, token)
-    if cfg.webui_token:
-        save_token(paths.webui_token, sd, cfg.placeholder_token, token, webui=True)
     summary = runs[k].summary()
     if listing is None:
         return summary

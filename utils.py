@@ -88,6 +88,12 @@ def remove_stale_tmp(*dirs: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def remove_stale_tmp_of(path: Path) -> None:
+    """The temporary files of `atomic_path` for `path` alone, in a folder that other processes write too."""
+    for p in path.parent.glob(f".{path.name}.*.tmp*") if path.parent.is_dir() else []:
+        p.unlink(missing_ok=True)
+
+
 def empty_dir(path) -> None:
     """Remove what a run's own folder holds, so that no file of an earlier run stays beside the new
     ones (the folder itself stays: the web demo claims run names by creating it)."""
@@ -101,6 +107,11 @@ def empty_dir(path) -> None:
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def copy_file(src, dst) -> None:
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 def first_line(e: BaseException) -> str:

@@ -1,6 +1,7 @@
 """What a run is made of, shared by run.py, the web demo and the benchmark: where a class's files
 live, which classes a run means, the device, and the models loaded in the run's settings."""
 
+import itertools
 import os
 import shutil
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from config import RunConfig
+from tokens import embedding_word, owner_problem
 from utils import UsageError, class_dir_name, class_ranges, empty_dir, read_json, write_json
 
 
@@ -32,9 +34,24 @@ class ClassPaths:
         return self.token_dir / "learned_embeds.safetensors"
 
     @property
-    def webui_token(self) -> Path:
-        """The same token named for AUTOMATIC1111 / ComfyUI, whose prompt word is the file's name."""
-        return self.token_dir / f"{self.dir_name}.safetensors"
+    def word(self) -> str:
+        """The token's prompt word in ComfyUI and AUTOMATIC1111: its embeddings-folder file's name."""
+        return embedding_word(self.dir_name, self.token_dir.name)
+
+    @property
+    def embedding(self) -> Path:
+        """<output_path>/embeddings/<word>.safetensors: the folder to point ComfyUI or AUTOMATIC1111 at."""
+        return self.token_dir.parents[2] / "embeddings" / f"{self.word}.safetensors"
+
+    @property
+    def owner(self) -> dict[str, str]:
+        """Which class and experiment an embeddings-folder file belongs to (its metadata, tokens.OWNER_KEYS)."""
+        return dict(disco_class=self.dir_name, disco_exp_id=self.token_dir.name)
+
+    @property
+    def card(self) -> Path:
+        """The model card, which makes the token folder a hub repository as it is."""
+        return self.token_dir / "README.md"
 
     @property
     def config(self) -> Path:
@@ -78,19 +95,21 @@ def resolve_classes(cfg: RunConfig, labels: list[str]) -> list[int]:
 
 def check_outputs(cfg: RunConfig, classes: list[int], labels: list[str]) -> None:
     """Every path the run will write, checked before any work: where another kind of file stands (a file
-    where a folder goes, or the reverse), one line naming it."""
+    where a folder goes, or the reverse), or an embeddings-folder file of another run, one line naming it."""
     out = Path(cfg.output_path)
-    folders, files = [out / "pipeline_token", out / "img"], [out / "results.csv", out / "results_summary.json"]
+    folders = [out / "pipeline_token", out / "img", out / "embeddings"]
+    files = [out / "results.csv", out / "results_summary.json"]
     for c in classes:
         p = ClassPaths.of(cfg, c, labels[c])
         folders += [p.token_dir, p.img_dir, p.img_dir / "train", p.img_dir / "eval"]
-        files += [p.token, p.config, p.log, p.train_summary, p.metrics, p.img_dir / "grid.png"]
-        files += [p.webui_token] if cfg.webui_token else []
+        files += [p.token, p.config, p.log, p.train_summary, p.metrics, p.img_dir / "grid.png", p.embedding]
+        files += [p.card, p.token_dir / "grid.png"]
         folders += [out / "generated" / p.dir_name] if cfg.generate else []
-    for path, folder in [(f, True) for f in folders] + [(f, False) for f in files]:
-        problem = _taken(path, folder, out)
-        if problem:
-            raise UsageError(f"{problem}; move it or change --output_path")
+    kinds = [(_taken(f, True, out) for f in folders), (_taken(f, False, out) for f in files)]
+    owners = (owner_problem(p.embedding, p.owner) for p in (ClassPaths.of(cfg, c, labels[c]) for c in classes))
+    problem = next((x for x in itertools.chain(*kinds, owners) if x), None)  # the first, in that order
+    if problem:
+        raise UsageError(f"{problem}; move it or change --output_path")
 
 
 def _taken(path: Path, folder: bool, out: Path) -> str | None:

@@ -88,6 +88,9 @@ def test_skip_exists_evaluates_again_when_metrics_are_damaged(tiny, trained, tmp
         ("pipeline_token/2_tiger_cat/default/learned_embeds.safetensors", "folder"),
         ("img/2_tiger_cat/default/train", "file"),
         ("results.csv", "folder"),
+        ("embeddings", "file"),  # the folder for ComfyUI and AUTOMATIC1111
+        ("embeddings/disco-2_tiger_cat.safetensors", "folder"),
+        ("pipeline_token/2_tiger_cat/default/README.md", "folder"),  # the model card
     ],
 )
 def test_a_path_taken_by_another_kind_of_file_stops_the_run_before_training(tiny, tmp_path, capsys, blocker, kind):
@@ -101,6 +104,31 @@ def test_a_path_taken_by_another_kind_of_file_stops_the_run_before_training(tiny
         f"run.py: error: {path}: a {kind} stands where the run writes a {want}; move it or change --output_path"
     )
     assert not list(out.rglob("train_log.jsonl")) and not list(out.rglob("*.png"))  # nothing trained
+
+
+@pytest.mark.parametrize(
+    "metadata, why",
+    [
+        (
+            dict(disco_class="5_crane", disco_exp_id="default"),
+            "written by another run (class 5_crane, experiment default)",
+        ),
+        (dict(disco_class=CLASS, disco_exp_id="other"), f"written by another run (class {CLASS}, experiment other)"),
+        (None, "not written by a DisCo run (no class and experiment in its metadata)"),
+    ],
+)
+def test_another_runs_file_in_the_embeddings_folder_stops_the_run_before_training(
+    tiny, tmp_path, capsys, metadata, why
+):
+    """A file of another run (or of none: e.g. a user's own embedding of that name) is never replaced."""
+    out = tmp_path / "out"
+    theirs = out / "embeddings" / f"disco-{CLASS}.safetensors"
+    theirs.parent.mkdir(parents=True)
+    save_file({"emb_params": torch.ones(1, 16)}, str(theirs), metadata=metadata)
+    before = theirs.read_bytes()
+    assert main(tiny_args(tiny, out)) == 2
+    assert error_line(capsys) == f"run.py: error: {theirs}: {why}; move it or change --output_path"
+    assert theirs.read_bytes() == before and sorted(p.name for p in out.iterdir()) == ["embeddings"]
 
 
 def test_a_class_range_is_checked_without_expanding_it(tiny, tmp_path, capsys):

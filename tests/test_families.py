@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from conftest import LABELS, ROOT, tiny_args
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 import diffusion
@@ -182,20 +183,36 @@ def test_t5_table_keeps_its_spare_rows(zoo):
 
 
 @pytest.mark.parametrize("variant", ["sdxl", "sd3", "flux-schnell"])
-def test_run_py_trains_saves_and_evaluates(zoo, tiny, variant, tmp_path):
+def test_run_py_trains_saves_and_evaluates(zoo, tiny, variant, tmp_path, monkeypatch):
     import run
 
     # The family comes from model_index.json: a misleading folder name changes nothing.
     model = tmp_path / "stable-diffusion-v1-4"
     shutil.copytree(zoo[variant], model)
-    extra = ["--sd_model", str(model), "--guidance_scale", "5", "--eval_guidance_scale", "5", "--webui_token"]
+    extra = ["--sd_model", str(model), "--guidance_scale", "5", "--eval_guidance_scale", "5"]
     assert run.main(tiny_args(tiny, tmp_path / "out", *extra)) == 0
     folder = tmp_path / "out" / "pipeline_token" / "2_tiger_cat" / "default"
     keys = {"sdxl": {"clip_l", "clip_g"}, "sd3": {"clip_l", "clip_g", "t5xxl"}, "flux-schnell": {"clip_l", "t5xxl"}}
-    assert set(load_file(folder / "learned_embeds.safetensors")) == keys[variant]
-    assert set(load_file(folder / "2_tiger_cat.safetensors")) == keys[variant]  # --webui_token: named by class
+    tokens = load_file(folder / "learned_embeds.safetensors")
+    assert set(tokens) == keys[variant]
+    webui = load_file(tmp_path / "out" / "embeddings" / "disco-2_tiger_cat.safetensors")  # ComfyUI, AUTOMATIC1111
+    assert set(webui) == keys[variant] and all(torch.equal(webui[k], tokens[k]) for k in tokens)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert len(metrics["classifier"]["token_predictions"]) == 2
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.tags[3] == {"sdxl": "sdxl", "sd3": "sd3", "flux-schnell": "flux"}[variant]
+    loads = {"sdxl": 'rows["clip_g"], token="disco-2_tiger_cat", text_encoder=pipe.text_encoder_2,'}
+    loads |= {"flux-schnell": 'rows["t5xxl"], token="disco-2_tiger_cat", text_encoder=pipe.text_encoder_2,'}
+    loads |= {"sd3": 'add_token(pipe, load_file("learned_embeds.safetensors"), "disco-2_tiger_cat")'}
+    assert loads[variant] in card.text
+    code = card.text.split("```python\n", 1)[1].split("image = pipe(", 1)[0].replace("<base model>", str(model))
+    monkeypatch.chdir(folder)  # the card's code runs in the token folder
+    scope = {"add_token": add_token}
+    exec(code, scope)  # the card's own lines load every row
+    pipe, family = scope["pipe"], _sd(zoo, variant).family
+    for te, tok, key in family.encoders:
+        ids = getattr(pipe, tok).convert_tokens_to_ids("disco-2_tiger_cat")
+        assert torch.equal(getattr(pipe, te).get_input_embeddings().weight[ids], tokens[key][0]), key
 
 
 @pytest.mark.parametrize(

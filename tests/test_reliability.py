@@ -125,7 +125,7 @@ def test_a_class_trained_again_keeps_nothing_of_its_earlier_run(tiny, tmp_path):
     assert run.main(tiny_args(tiny, tmp_path, "--num_train_epochs", "1", "--test_size", "3", "--eval_seed", "9")) == 0
     assert sorted(p.name for p in token_dir.iterdir()) == sorted(
         ["config.json", "learned_embeds.safetensors", "metrics.json", "train_log.jsonl", "train_summary.json"]
-        + ["train_curve.png"]
+        + ["train_curve.png", "README.md", "grid.png"]  # the model card, and the grid it shows
     )
     assert len(list((img_dir / "train").glob("*.png"))) == 2  # one epoch of 2 images
     for kind in ("baseline", "token"):

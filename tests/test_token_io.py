@@ -1,4 +1,7 @@
-"""The saved token is diffusers' textual-inversion format and works in a plain pipeline."""
+"""The saved token is diffusers' textual-inversion format and works in a plain pipeline; the embeddings folder
+holds it for ComfyUI and AUTOMATIC1111."""
+
+import re
 
 import torch
 from safetensors.torch import load_file
@@ -50,20 +53,47 @@ def test_text_encoder_with_old_text_model_prefix_loads(tiny, tmp_path):
     assert torch.equal(loaded["embeddings.token_embedding.weight"][:-1], state["embeddings.token_embedding.weight"])
 
 
-def test_webui_token_is_one_emb_params_row_that_diffusers_loads(tiny, tmp_path):
-    """--webui_token for SD 1.x: the single-tensor layout AUTOMATIC1111 saves ({"emb_params": [1, d]}),
-    named after the class directory (those tools take the file name as the prompt word)."""
+def test_embedding_word_is_one_prompt_word_in_comfyui_and_automatic1111():
+    """Neither tool's prompt syntax may cut or weight the word: no space (ComfyUI ends a name there), comma,
+    parentheses, brackets, colon (weights), <, | or dot (a file name's extension)."""
+    from tokens import embedding_word
+
+    assert embedding_word("283_tiger_cat", "default") == "disco-283_tiger_cat"
+    assert embedding_word("283_tiger_cat", "lr 0.1") == "disco-283_tiger_cat-lr_0_1"
+    odd = embedding_word("247_St._Bernard", "a (b): [c], <d>|e")
+    assert odd == "disco-247_St_Bernard-a_b_c_d_e" and re.fullmatch(r"[A-Za-z0-9_-]+", odd)
+
+
+def test_embeddings_folder_holds_one_emb_params_file_per_class_and_experiment(tiny, tmp_path):
+    """Every run writes <output_path>/embeddings/<word>.safetensors, SD 1.x's one-tensor layout ({"emb_params":
+    [1, d]}) with the class and experiment in its metadata; the same class and experiment run again replaces
+    its own file; nothing else is in that folder; diffusers loads the file under its word."""
     from conftest import tiny_args
     from diffusers import StableDiffusionPipeline
+    from safetensors import safe_open
 
     from run import main
 
-    assert main(tiny_args(tiny, tmp_path, "--webui_token", "--evaluate", "False")) == 0
-    folder = tmp_path / "pipeline_token" / "2_tiger_cat" / "default"
-    webui, plain = load_file(folder / "2_tiger_cat.safetensors"), load_file(folder / "learned_embeds.safetensors")
-    assert list(webui) == ["emb_params"] and webui["emb_params"].shape == (1, len(plain["newclas"]))
-    assert torch.equal(webui["emb_params"][0], plain["newclas"])
+    emb = tmp_path / "embeddings"
+    words = {"default": "disco-2_tiger_cat", "lr 0.1": "disco-2_tiger_cat-lr_0_1"}
+    first = None
+    for extra in (["--seed", "36"], ["--seed", "35"], ["--exp_id", "lr 0.1"]):
+        assert main(tiny_args(tiny, tmp_path, "--evaluate", "False", *extra)) == 0
+        first = first if first is not None else load_file(emb / "disco-2_tiger_cat.safetensors")["emb_params"]
+    assert sorted(p.name for p in emb.iterdir()) == sorted(f"{w}.safetensors" for w in words.values())
+    for exp_id, word in words.items():
+        plain = load_file(tmp_path / "pipeline_token" / "2_tiger_cat" / exp_id / "learned_embeds.safetensors")
+        webui = load_file(emb / f"{word}.safetensors")
+        assert list(webui) == ["emb_params"] and torch.equal(webui["emb_params"][0], plain["newclas"])
+        with safe_open(str(emb / f"{word}.safetensors"), framework="pt") as f:
+            meta = f.metadata()
+        assert meta["disco_class"] == "2_tiger_cat" and meta["disco_exp_id"] == exp_id
+        assert meta["disco_class_index"] == "2" and meta["disco_class_name"] == "tiger cat"
+        assert meta["sd_model"] == tiny["sd"] and meta["disco_family"] == "SD 1.x/2.x"
+    value = load_file(emb / "disco-2_tiger_cat.safetensors")["emb_params"][0]
+    assert not torch.equal(first[0], value)  # the seed-36 file was replaced by the same class's seed-35 run
     pipe = StableDiffusionPipeline.from_pretrained(tiny["sd"], safety_checker=None, requires_safety_checker=False)
-    pipe.load_textual_inversion(str(folder / "2_tiger_cat.safetensors"), token="2_tiger_cat")
-    row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("2_tiger_cat")]
-    assert torch.equal(row, plain["newclas"])
+    pipe.load_textual_inversion(str(emb / "disco-2_tiger_cat.safetensors"), token="disco-2_tiger_cat")
+    assert pipe.tokenizer.tokenize("A photo of disco-2_tiger_cat tiger cat")[3] == "disco-2_tiger_cat"
+    row = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("disco-2_tiger_cat")]
+    assert torch.equal(row, value)
