@@ -72,18 +72,22 @@ def learned_columns(v: dict | None) -> dict:
 
 def learned_line(index: int, name: str, v: dict) -> str:
     """The token's verdict from the selection seeds, in one line; a plain sentence when it did not learn."""
+    return f"class {index + 1} ({name}): " + learned_text(v)
+
+
+def learned_text(v: dict) -> str:
+    """`learned_line` without the class."""
     seen = f"selection seeds {v['seeds'][0]}..{v['seeds'][1]}, training classifier: baseline "
     seen += f"{pct(v['baseline_accuracy'])} -> token {pct(v['token_accuracy'])}, gain {points(v['gain'])} "
     seen += f"{bounds(*v['gain_ci'], signed=True)}; one-pixel shifts: {points(v['shifted_gain'])} "
     seen += bounds(*v["shifted_gain_ci"], signed=True)
-    head = f"class {index + 1} ({name}): "
     if v["learned"]:
-        return head + f"learned ({seen})"
+        return f"learned ({seen})"
     if v["gain_ci"][0] <= 0:
         why = "its gain over the plain prompt is not clearly above zero, so it may not draw the class more often"
     else:
         why = "its gain vanishes when the images move by one pixel, so it may fool the classifier, not draw the class"
-    return head + f"NOT LEARNED: {why}; try --candidates 3 or another --seed ({seen})"
+    return f"NOT LEARNED: {why}; try --candidates 3 or another --seed ({seen})"
 
 
 def csv_stats(m: dict, role: str, target: int) -> dict:

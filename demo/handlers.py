@@ -13,6 +13,7 @@ from pathlib import Path
 import gradio as gr
 
 from demo.inputs import TOKEN_WORD, class_choices
+from report import learned_text
 from utils import UsageError, to_pil, view_scale
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,9 +90,12 @@ def summary_text(s: dict, planned=None) -> str:
     """'3 of 30 epochs in 5 s; stop: ...; kept the token after epoch 3's update (...)' (1-based)."""
     stop = "all epochs ran" if s.get("stop") == "num_train_epochs" else s.get("stop")
     of = f" of {planned}" if planned else ""
-    return f"{s.get('epochs')}{of} epochs in {float(s.get('seconds') or 0):.0f} s; stop: {stop}; " + one_based(
+    text = f"{s.get('epochs')}{of} epochs in {float(s.get('seconds') or 0):.0f} s; stop: {stop}; " + one_based(
         f"kept {s.get('kept_token')}"
     )
+    if "learned" not in s:
+        return text
+    return text + "; " + learned_text(s["learned"]).replace("try --candidates 3 or another --seed", "try another seed")
 
 
 def accuracy_lines(m: dict) -> list[str]:

@@ -191,3 +191,17 @@ def test_the_compare_tabs_metrics_show_no_server_path(cfg, monkeypatch, tmp_path
     assert (shown["settings"]["sd_model"], shown["classifier"]["name"]) == ("digits/pipeline", "models/my_clf")
     assert str(tmp_path) not in summary + str(shown) and str(ROOT) not in summary + str(shown)
     assert m["classifier"]["name"] == clf  # metrics.json itself keeps run.py's record
+
+
+def test_the_page_says_whether_the_token_learned():
+    from demo.handlers import summary_text
+
+    verdict = dict(seeds=[500000, 500049], baseline_accuracy=0.5, token_accuracy=0.52, gain=0.02)
+    verdict |= dict(gain_ci=[-0.08, 0.12], shifted_gain=0.0, shifted_gain_ci=[-0.1, 0.1], learned=False)
+    summary = dict(epochs=3, seconds=4.2, stop="num_train_epochs", kept_token="the initializer's embedding")
+    text = summary_text(summary | dict(learned=verdict), 3)
+    assert text.startswith(summary_text(summary, 3) + "; NOT LEARNED: its gain over the plain prompt is not clearly")
+    assert "try another seed" in text and "--candidates" not in text and "gain +2 [-8,+12]" in text
+    assert "; learned (selection seeds 500000..500049" in summary_text(
+        summary | dict(learned=verdict | dict(learned=True))
+    )
