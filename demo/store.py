@@ -11,7 +11,7 @@ import secrets
 from pathlib import Path
 
 from config import RunConfig
-from utils import UsageError, class_dir_name
+from utils import UsageError, class_dir_name, first_line, read_json
 from workspace import ClassPaths
 
 
@@ -130,15 +130,19 @@ class Store:
         return dict(
             target=c,
             grid=grid if grid in files else None,
-            log=[json.loads(line) for line in _read(paths.log, files).splitlines()],
-            summary=json.loads(_read(paths.train_summary, files) or "{}"),
-            metrics=json.loads(_read(paths.metrics, files) or "{}"),
+            log=_log(paths.log, files),
+            summary=read_json(paths.train_summary, {}) if paths.train_summary in files else {},
+            metrics=read_json(paths.metrics, {}) if paths.metrics in files else {},
             files=files,
         )
 
 
-def _read(path: Path, allowed: list[Path]) -> str:
-    return path.read_text() if path in allowed else ""
+def _log(path: Path, allowed: list[Path]) -> list[dict]:
+    """A run's train_log.jsonl; a damaged one is one line naming it (never a traceback in the page)."""
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines()] if path in allowed else []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{path}: cannot be read as JSON lines ({first_line(e)})") from e
 
 
 def _quoted(text: str) -> str:

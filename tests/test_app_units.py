@@ -205,3 +205,16 @@ def test_the_page_says_whether_the_token_learned():
     assert "; learned (selection seeds 500000..500049" in summary_text(
         summary | dict(learned=verdict | dict(learned=True))
     )
+
+
+def test_a_damaged_run_file_is_one_line_not_a_traceback(cfg):
+    store = Store(cfg.output_path, LABELS)
+    fake_token(store, "4_curl/ok")
+    folder = store.tokens / "4_curl" / "ok"
+    (folder / "train_summary.json").write_text("{cut")
+    with pytest.raises(UsageError, match=r"train_summary.json: cannot be read as JSON \("):
+        store.open_run("4_curl/ok")
+    (folder / "train_summary.json").write_text("{}")
+    (folder / "train_log.jsonl").write_text('{"epoch": 0}\n{"epo')
+    with pytest.raises(UsageError, match=r"train_log.jsonl: cannot be read as JSON lines \("):
+        store.open_run("4_curl/ok")
