@@ -41,6 +41,15 @@ def add_token(pipe, tensors: dict[str, torch.Tensor], name: str) -> None:
                     m.eos_token_id = tok.eos_token_id
 
 
+def diffusers_only(pipe, tensors: dict[str, torch.Tensor], name: str) -> None:
+    """SDXL and FLUX.1 with diffusers' own loader alone: one call per text encoder with that encoder's row.
+    The prompt embeddings are the trained ones, but CLIP's pooled vector is then taken at the new word
+    (the real configs' `eos_token_id: 2` pools at the highest id), unlike training: `add_token` fixes that."""
+    for key, suffix in ENCODERS[type(pipe).__name__].items():
+        te, tok = getattr(pipe, "text_encoder" + suffix), getattr(pipe, "tokenizer" + suffix)
+        pipe.load_textual_inversion(tensors[key], token=name, text_encoder=te, tokenizer=tok)
+
+
 def pipeline_with_tokens(model: str, token_files: dict[str, Path]) -> DiffusionPipeline:
     pipe = DiffusionPipeline.from_pretrained(model)
     for name, path in token_files.items():  # e.g. {"<283_tiger_cat>": Path(".../learned_embeds.safetensors")}

@@ -19,7 +19,7 @@ from tokens import load_token, save_token
 from train import train_step
 
 sys.path.insert(0, str(ROOT / "docs"))
-from reuse_example import add_token  # noqa: E402
+from reuse_example import add_token, diffusers_only  # noqa: E402
 
 WORDS = sorted({w for name in LABELS.values() for w in name.replace(",", " ").split()})
 GUIDANCE = {"sdxl": 5.0, "sdxl-turbo": 0.0, "sd3": 5.0, "flux-schnell": 0.0, "flux-dev": 3.5}
@@ -79,6 +79,22 @@ def test_loop_without_gradient_gives_the_pipelines_images(zoo, variant, monkeypa
     off = generate(sd, "A photo of a crane", [0, 1, 2], steps=2, guidance=GUIDANCE[variant], batch_size=2)
     with pytest.raises(AssertionError):
         _same_images(off, theirs)
+
+
+@pytest.mark.parametrize("variant", ["sdxl", "flux-dev"])
+def test_diffusers_own_loader_gives_the_embeddings_but_pools_at_the_new_word(zoo, variant, tmp_path):
+    """docs/reuse_example.py's diffusers_only: per-encoder load_textual_inversion gives the trained prompt
+    embeddings; CLIP's pooled vector differs from training's until add_token moves pooling back."""
+    sd = _sd(zoo, variant)
+    value = sd.init_embedding + torch.randn(sd.init_embedding.shape, generator=torch.Generator().manual_seed(0))
+    save_token(tmp_path / "t.safetensors", sd, "newclas", value)
+    set_token(sd, value)
+    pipe = _pipe(zoo, variant)
+    diffusers_only(pipe, load_file(tmp_path / "t.safetensors"), "newclas")
+    ours = encode(sd, [PROMPT])
+    embeds, pooled = _pipeline_prompt(pipe, variant)
+    _same_embeds(ours.embeds, embeds)
+    assert not torch.allclose(ours.pooled, pooled, atol=1e-4)
 
 
 @pytest.mark.parametrize("variant", ["sdxl", "sd3", "flux-dev"])
