@@ -90,15 +90,21 @@ def learned_text(v: dict) -> str:
     return f"NOT LEARNED: {why}; try --candidates 3 or another --seed ({seen})"
 
 
+def with_intervals(res: dict, target: int) -> dict:
+    """One judge's results with their intervals (a metrics.json written before intervals existed gets them now)."""
+    if "gain_ci" in res:
+        return res
+    from evaluate import intervals
+
+    return res | intervals(res, target)
+
+
 def csv_stats(m: dict, role: str, target: int) -> dict:
     """One judge's accuracies, gain and 95% intervals as results.csv columns ('' when not evaluated)."""
     res = m.get(role)
     if not res:
         return {ROLES[role] + k: "" for k in STATS}
-    if "gain_ci" not in res:  # metrics.json written before intervals existed: compute them now
-        from evaluate import intervals
-
-        res = res | intervals(res, target)
+    res = with_intervals(res, target)
     values = [res["baseline_accuracy"], *res["baseline_ci"], res["token_accuracy"], *res["token_ci"]]
     values += [res["gain"], *res["gain_ci"]]
     hits = {f"_{role}_{kind}_hits": [p == target for p in res[f"{kind}_predictions"]] for kind in ("baseline", "token")}
@@ -366,10 +372,7 @@ def card_evaluation(m: dict, c: int, has_grid: bool) -> str:
         res = m.get(role)
         if not res:
             continue
-        if "gain_ci" not in res:  # metrics.json written before intervals existed
-            from evaluate import intervals
-
-            res = res | intervals(res, c)
+        res = with_intervals(res, c)
         cells = [role, f"`{shown(res['name'])}`", f"{pct(res['baseline_accuracy'])} {bounds(*res['baseline_ci'])}"]
         cells += [f"{pct(res['token_accuracy'])} {bounds(*res['token_ci'])}"]
         cells += [f"{points(res['gain'])} {bounds(*res['gain_ci'], signed=True)}"]

@@ -47,7 +47,8 @@ def best_offer(offers: list[tuple]) -> int:
 def keep_best(cfg: RunConfig, sd, runs: list, scores, paths) -> dict:
     """Save each candidate's kept token (and its snapshots); the chosen one (the only one, or the most
     accurate on the selection seeds; ties: a kept token, then the lower training loss) becomes the
-    class's token. Returns the chosen run's summary, every candidate listed when there was a choice."""
+    class's token. Returns the chosen run's summary (every candidate listed when there was a choice) and
+    the chosen token."""
     if scores is None:
         k, epoch, listing = 0, None, None
     else:
@@ -60,12 +61,12 @@ def keep_best(cfg: RunConfig, sd, runs: list, scores, paths) -> dict:
     save_token(paths.token, sd, cfg.placeholder_token, token)
     summary = runs[k].summary()
     if listing is None:
-        return summary
+        return summary, token
     if epoch is not None:
         summary |= dict(
             kept_token=f"the token after epoch {epoch}'s update (a snapshot, chosen on the selection seeds)"
         )
-    return summary | dict(candidate=k, snapshot_epoch=epoch, candidates=listing)
+    return summary | dict(candidate=k, snapshot_epoch=epoch, candidates=listing), token
 
 
 def candidate_entry(cfg: RunConfig, sd, run, scores: list[dict], picked: list[bool]) -> dict:
@@ -88,7 +89,7 @@ def selection_accuracies(cfg, sd, clf, options: list[tuple]) -> list[dict]:
     """Each option's ((token, target, class name)) accuracy on the selection seeds, judged by the training
     classifier `clf` only (the evaluation classifier and the evaluation seeds never take part in choosing),
     with its Wilson interval."""
-    seeds = list(range(SELECTION_SEED, SELECTION_SEED + cfg.select_size))
+    seeds = selection_seeds(cfg)
     out = []
     for images, (_, target, _) in zip(token_images(cfg, sd, [(t, n) for t, _, n in options], seeds), options):
         hits = sum(p == target for p in classify(clf, images, cfg.eval_batch_size, sd.device))

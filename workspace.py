@@ -86,10 +86,10 @@ def resolve_classes(cfg: RunConfig, labels: list[str]) -> list[int]:
             options = " or ".join(str(i + 1) for i in hits)
             raise UsageError(f"--class_name {cfg.class_name!r} is ambiguous: use --class_index {options}")
         return hits
-    top = max(hi for _, hi in class_ranges(cfg.class_index))  # checked before the list is made
-    if top > len(labels):
-        first = min(max(lo, len(labels)) for lo, hi in class_ranges(cfg.class_index) if hi > len(labels)) + 1
-        raise UsageError(f"--class_index {cfg.class_index!r}: {first} is out of range; allowed 1..{len(labels)}")
+    n = len(labels)  # checked on the ranges, before the list is made
+    beyond = [max(lo, n) + 1 for lo, hi in class_ranges(cfg.class_index) if hi > n]
+    if beyond:
+        raise UsageError(f"--class_index {cfg.class_index!r}: {min(beyond)} is out of range; allowed 1..{n}")
     return cfg.classes
 
 
@@ -99,14 +99,14 @@ def check_outputs(cfg: RunConfig, classes: list[int], labels: list[str]) -> None
     out = Path(cfg.output_path)
     folders = [out / "pipeline_token", out / "img", out / "embeddings"]
     files = [out / "results.csv", out / "results_summary.json"]
-    for c in classes:
-        p = ClassPaths.of(cfg, c, labels[c])
+    paths = [ClassPaths.of(cfg, c, labels[c]) for c in classes]
+    for p in paths:
         folders += [p.token_dir, p.img_dir, p.img_dir / "train", p.img_dir / "eval"]
         files += [p.token, p.config, p.log, p.train_summary, p.metrics, p.img_dir / "grid.png", p.embedding]
         files += [p.card, p.token_dir / "grid.png"]
         folders += [out / "generated" / p.dir_name] if cfg.generate else []
     kinds = [(_taken(f, True, out) for f in folders), (_taken(f, False, out) for f in files)]
-    owners = (owner_problem(p.embedding, p.owner) for p in (ClassPaths.of(cfg, c, labels[c]) for c in classes))
+    owners = (owner_problem(p.embedding, p.owner) for p in paths)
     problem = next((x for x in itertools.chain(*kinds, owners) if x), None)  # the first, in that order
     if problem:
         raise UsageError(f"{problem}; move it or change --output_path")
@@ -118,9 +118,8 @@ def _taken(path: Path, folder: bool, out: Path) -> str | None:
         if above.exists() and not above.is_dir():
             return f"{above}: a file stands where the run writes a folder"
     if path.exists() and path.is_dir() != folder:
-        return (
-            f"{path}: a {'file' if folder else 'folder'} stands where the run writes a {'folder' if folder else 'file'}"
-        )
+        want, found = ("folder", "file") if folder else ("file", "folder")
+        return f"{path}: a {found} stands where the run writes a {want}"
     return None
 
 
@@ -212,7 +211,6 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     (judged by the training classifier only). Writes config.json before, the tokens and
     train_summary.json after."""
     from selection import candidate_seed, keep_best, selection_scores, verdicts
-    from tokens import load_token
     from train import forward_size, new_run, train_runs
 
     runs = []
@@ -233,12 +231,12 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
             tracker.end_training()
     per_class = [runs[i * cfg.candidates : (i + 1) * cfg.candidates] for i in range(len(jobs))]
     scores = selection_scores(cfg, sd, clf, per_class, [name for _, name, _ in jobs])
-    summaries = []
-    for mine, score, (_c, _name, paths) in zip(per_class, scores, jobs):
-        summary = keep_best(cfg, sd, mine, score, paths)
+    summaries, chosen = [], []
+    for mine, score, (c, name, paths) in zip(per_class, scores, jobs):
+        summary, token = keep_best(cfg, sd, mine, score, paths)
         summaries.append(summary | dict(micro_batch_size=forward_size(cfg, sd, len(runs)), runs_together=len(runs)))
+        chosen.append((token, c, name))
     if cfg.check_learned:
-        chosen = [(load_token(paths.token, sd, cfg.placeholder_token), c, name) for c, name, paths in jobs]
         for summary, verdict in zip(summaries, verdicts(cfg, sd, clf, chosen)):
             summary["learned"] = verdict
     for summary, (_c, _name, paths) in zip(summaries, jobs):

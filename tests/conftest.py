@@ -63,3 +63,21 @@ def tiny_args(tiny: dict, out: Path, *extra: str) -> list[str]:
     args += " --num_train_epochs 2 --epoch_size 2 --test_size 2"
     paths = ["--sd_model", tiny["sd"], "--classifier", tiny["clf"], "--output_path", str(out)]
     return [*args.split(), *paths, *extra]
+
+
+@pytest.fixture()
+def judges_and_seeds(monkeypatch) -> list[tuple]:
+    """Records which classifier selection.classify is given ("judge", name) and which seeds evaluate.generate
+    draws ("seeds", list), so a test can check that only the training classifier and the selection seeds
+    take part."""
+    import evaluate
+    import selection
+
+    seen, real_classify, real_generate = [], selection.classify, evaluate.generate
+    monkeypatch.setattr(
+        selection, "classify", lambda clf, *a: seen.append(("judge", clf.name)) or real_classify(clf, *a)
+    )
+    monkeypatch.setattr(
+        evaluate, "generate", lambda sd, p, seeds, *a: seen.append(("seeds", seeds)) or real_generate(sd, p, seeds, *a)
+    )
+    return seen

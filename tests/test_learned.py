@@ -54,18 +54,10 @@ def selection_cfg(tiny, tmp_path, *extra):
     return parse_args(tiny_args(tiny, tmp_path / "out", "--select_size", "20", *extra))
 
 
-def test_only_the_training_classifier_and_the_selection_seeds_judge(tiny, tmp_path, monkeypatch, capsys):
-    import evaluate
+def test_only_the_training_classifier_and_the_selection_seeds_judge(tiny, tmp_path, capsys, judges_and_seeds):
     from classifiers import load_classifier
 
-    seen = []
-    real_classify, real_generate = selection.classify, evaluate.generate
-    monkeypatch.setattr(
-        selection, "classify", lambda clf, *a: seen.append(("judge", clf.name)) or real_classify(clf, *a)
-    )
-    monkeypatch.setattr(
-        evaluate, "generate", lambda sd, p, seeds, *a: seen.append(("seeds", seeds)) or real_generate(sd, p, seeds, *a)
-    )
+    seen = judges_and_seeds
     out = tmp_path / "out"
     args = tiny_args(tiny, out, "--select_size", "6", "--eval_classifier", tiny["clf_b"], "--evaluate", "False")
     assert main(args) == 0

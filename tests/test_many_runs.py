@@ -161,18 +161,8 @@ def test_make_scaler_is_per_run(tiny):
     assert make_scaler(sd, cfg) is not make_scaler(sd, cfg) and make_scaler(sd, cfg).is_enabled()
 
 
-def test_candidates_are_chosen_on_selection_seeds_by_the_training_classifier(tiny, tmp_path, monkeypatch):
-    import evaluate
-    import selection
-
-    seen = []
-    real_classify, real_generate = selection.classify, evaluate.generate
-    monkeypatch.setattr(
-        selection, "classify", lambda clf, *a: seen.append(("judge", clf.name)) or real_classify(clf, *a)
-    )
-    monkeypatch.setattr(
-        evaluate, "generate", lambda sd, p, seeds, *a: seen.append(("seeds", seeds)) or real_generate(sd, p, seeds, *a)
-    )
+def test_candidates_are_chosen_on_selection_seeds_by_the_training_classifier(tiny, tmp_path, judges_and_seeds):
+    seen = judges_and_seeds
     out = tmp_path / "out"
     args = tiny_args(tiny, out, "--candidates", "3", "--select_size", "4", "--eval_classifier", tiny["clf_b"])
     assert main([*args, "--evaluate", "False"]) == 0
