@@ -85,25 +85,33 @@ def type_into(driver, css: str, text: str) -> None:
     box.send_keys(Keys.BACKSPACE, text)
 
 
-def options_of(driver, elem_id: str, typed: str | None = None) -> list:
-    """A dropdown's options as the visitor sees them after clicking it (or typing into it)."""
+def options_of(driver, elem_id: str, typed: str | None = None, until=None) -> list:
+    """A dropdown's options as the visitor sees them after clicking it (or typing into it), once their
+    labels satisfy `until` (default: every label holds what was typed). The list can still show the
+    previous value's filter for a moment after typing, so a caller that expects certain options says so."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
 
     if typed is None:
         driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input").click()
     else:
         type_into(driver, f"#{elem_id} input", typed)
+    until = until or (lambda labels: all(typed is None or typed in label for label in labels))
+    seen = []
 
     def listed(d):
         options = d.find_elements(By.CSS_SELECTOR, f"#{elem_id} [role=option]")
-        labels = [o.get_attribute("aria-label") for o in options]
-        return options if labels and all(typed is None or typed in label for label in labels) else False
+        seen[:] = [o.get_attribute("aria-label") for o in options]
+        return options if seen and until(seen) else False
 
-    return wait_for(driver, listed, 20)
+    try:
+        return wait_for(driver, listed, 20)
+    except TimeoutException:
+        raise AssertionError(f"#{elem_id} lists {seen}") from None
 
 
 def pick_class(driver, choice: str) -> None:
-    options = options_of(driver, "class", choice.split(": ")[1])
+    options = options_of(driver, "class", choice.split(": ")[1], until=lambda labels: choice in labels)
     next(o for o in options if o.get_attribute("aria-label") == choice).click()
 
 
@@ -191,8 +199,7 @@ def test_two_visitors_train_and_a_reload_lists_both_tokens(browsers, app_url):
 
     first.refresh()  # a reload reads the output folder again: both visitors' tokens are offered
     open_tab(first, "Compare")
-    listed = [o.get_attribute("aria-label") for o in options_of(first, "cmp-run")]
-    assert set(tokens) <= set(listed), listed
+    assert options_of(first, "cmp-run", until=lambda labels: set(tokens) <= set(labels))
 
 
 def test_train_class_2_with_the_page_defaults_and_compare(browsers, app_url, tmp_path):
@@ -202,8 +209,8 @@ def test_train_class_2_with_the_page_defaults_and_compare(browsers, app_url, tmp
     factor = load_factor()
     browser = browsers("1280,1500")
     browser.get(url)
-    options = options_of(browser, "class", "stick")  # searchable; a repeated name lists both of its indices
-    assert [o.get_attribute("aria-label") for o in options] == ["2: stick", "8: stick"]
+    # Searchable; a repeated name lists both of its indices.
+    options = options_of(browser, "class", "stick", until=lambda labels: labels == ["2: stick", "8: stick"])
     options[0].click()
     epochs = int(browser.find_element(By.CSS_SELECTOR, "#epochs input").get_attribute("value"))
     start = time.time()
