@@ -102,6 +102,7 @@ class RunConfig:
     save_as_full_pipeline: bool = False  # also write the whole pipeline with the token, once, at the end
     # --- many runs at once ---
     candidates: int = 1  # train K tokens per class (own noise seeds), keep the one most accurate on selection seeds
+    retry_below: float | None = None  # with --candidates K: add one at a time while the selection gain < this (points)
     select_size: int = 20  # images per offered token on the selection seeds, judged by `classifier`
     select_every: int = 0  # also offer each run's token every N epochs to the selection (0: kept tokens only)
     class_batch: int = 1  # train (and evaluate) this many classes, times their candidates, together in one batch
@@ -271,6 +272,10 @@ def _validate(cfg: RunConfig) -> None:
     )
     need(cfg.report_to != "wandb" or _importable("wandb"), "report_to", "pip install wandb")
     need(cfg.train or cfg.candidates == 1, "candidates", "needs --train True (candidates are chosen while training)")
+    if cfg.retry_below is not None:
+        need(0 <= cfg.retry_below <= 100, "retry_below", "must be a gain in points, 0..100")
+        need(cfg.train, "retry_below", "needs --train True (candidates are trained while training)")
+        need(cfg.candidates > 1, "retry_below", "needs --candidates 2 or more (the most runs per class)")
     need(cfg.select_every >= 0, "select_every", "must be zero or a positive integer")
     need(cfg.train or not cfg.select_every, "select_every", "needs --train True (snapshots are taken while training)")
     alone = cfg.candidates * cfg.class_batch == 1

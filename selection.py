@@ -44,6 +44,18 @@ def best_offer(offers: list[tuple]) -> int:
     return max(range(len(offers)), key=lambda i: (offers[i][0], offers[i][1] is None, -offers[i][2]))
 
 
+def best_choice(runs: list, scores: list) -> tuple[int, int | None]:
+    """(run, snapshot epoch or None for its kept token) of the best offer among `runs` (`best_offer`)."""
+    flat = [(j, e, a) for j, (r, s) in enumerate(zip(runs, scores)) for (e, _), a in zip(offered(r), s)]
+    k, epoch, _ = flat[best_offer([(a["selection_accuracy"], e, runs[j].best_loss) for j, e, a in flat])]
+    return k, epoch
+
+
+def token_of(runs: list, choice: tuple[int, int | None]) -> torch.Tensor:
+    k, epoch = choice
+    return runs[k].kept if epoch is None else runs[k].snapshots[epoch]
+
+
 def keep_best(cfg: RunConfig, sd, runs: list, scores, paths) -> dict:
     """Save each candidate's kept token (and its snapshots); the chosen one (the only one, or the most
     accurate on the selection seeds; ties: a kept token, then the lower training loss) becomes the
@@ -52,11 +64,10 @@ def keep_best(cfg: RunConfig, sd, runs: list, scores, paths) -> dict:
     if scores is None:
         k, epoch, listing = 0, None, None
     else:
-        flat = [(j, e, a) for j, (r, s) in enumerate(zip(runs, scores)) for (e, _), a in zip(offered(r), s)]
-        k, epoch, _ = flat[best_offer([(a["selection_accuracy"], e, runs[j].best_loss) for j, e, a in flat])]
+        k, epoch = best_choice(runs, scores)
         picked = [[(j, e) == (k, epoch) for e, _ in offered(r)] for j, r in enumerate(runs)]
         listing = [candidate_entry(cfg, sd, *row) for row in zip(runs, scores, picked)]
-    token = runs[k].kept if epoch is None else runs[k].snapshots[epoch]
+    token = token_of(runs, (k, epoch))
     set_token(sd, token)
     save_token(paths.token, sd, cfg.placeholder_token, token)
     summary = runs[k].summary()
@@ -136,9 +147,25 @@ def verdicts(cfg: RunConfig, sd, clf, chosen: list[tuple]) -> list[dict]:
                 token_accuracy=sum(t) / len(t),
                 gain=gain[0],
                 gain_ci=list(gain[1:]),
+                shifted_baseline_accuracy=sum(bs) / len(bs),
+                shifted_token_accuracy=sum(ts) / len(ts),
                 shifted_gain=shift[0],
                 shifted_gain_ci=list(shift[1:]),
                 learned=gain[1] > 0 and shift[1] > 0,
             )
         )
     return out
+
+
+def short_of(v: dict, margin: float) -> str | None:
+    """Why a token's verdict falls short of `margin` points of gain on the selection seeds (as images, and
+    under one-pixel shifts), or None when it reaches it. The margin is capped by the room left: a class the
+    plain prompt already draws on nearly every seed needs only reach 100%."""
+    for what, base, gain in (
+        ("selection gain", v["baseline_accuracy"], v["gain"]),
+        ("shifted gain", v["shifted_baseline_accuracy"], v["shifted_gain"]),
+    ):
+        need = min(margin / 100, 1 - base)
+        if gain < need - 1e-9:
+            return f"its {what} {gain * 100:+.0f} is below {need * 100:+.0f} points"
+    return None

@@ -208,33 +208,28 @@ def train_and_record(cfg: RunConfig, sd, clf, c: int, name: str, paths: "ClassPa
 def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on_epoch=None) -> list[dict]:
     """Train the classes in `jobs` ((index, name, ClassPaths) each), `cfg.candidates` runs per class, all
     together; with several candidates, keep per class the one most accurate on the selection seeds
-    (judged by the training classifier only). Writes config.json before, the tokens and
-    train_summary.json after."""
-    from selection import candidate_seed, keep_best, selection_scores, verdicts
-    from train import forward_size, new_run, train_runs
+    (judged by the training classifier only). With --retry_below, the candidates come one round at a time,
+    each only for the classes whose best token so far falls short of the margin (`adaptive_rounds`).
+    Writes config.json before, the tokens and train_summary.json after."""
+    from selection import keep_best, selection_scores, verdicts
+    from train import forward_size
 
-    runs = []
-    for c, name, paths in jobs:
+    for _c, _name, paths in jobs:
         empty_dir(paths.token_dir)  # a class trained again: nothing of its earlier run stays beside the new one
         empty_dir(paths.img_dir)
         write_json(paths.config, cfg.to_dict())
-        for k in range(cfg.candidates):
-            log, img = paths.candidate_files(k, cfg.candidates)
-            label = paths.dir_name + (f" candidate {k}" if cfg.candidates > 1 else "")
-            runs.append(new_run(cfg, sd, c, name, log, img, candidate_seed(cfg.seed, k), label))
-    desc = jobs[0][2].dir_name if len(jobs) == 1 else f"{len(jobs)} classes"
-    tracker = trackers(cfg)
-    try:
-        train_runs(cfg, sd, clf, runs, clf.labels, logged(tracker, on_epoch), desc=desc)
-    finally:
-        if tracker is not None:
-            tracker.end_training()
-    per_class = [runs[i * cfg.candidates : (i + 1) * cfg.candidates] for i in range(len(jobs))]
-    scores = selection_scores(cfg, sd, clf, per_class, [name for _, name, _ in jobs])
+    if cfg.retry_below is None:
+        per_class = train_round(cfg, sd, clf, jobs, range(cfg.candidates), on_epoch)
+        scores = selection_scores(cfg, sd, clf, per_class, [name for _, name, _ in jobs])
+        retries = [None] * len(jobs)
+    else:
+        per_class, scores, retries = adaptive_rounds(cfg, sd, clf, jobs, on_epoch)
+    together = sum(len(runs) for runs in per_class) if retries[0] is None else len(jobs)
     summaries, chosen = [], []
-    for mine, score, (c, name, paths) in zip(per_class, scores, jobs):
+    for mine, score, retry, (c, name, paths) in zip(per_class, scores, retries, jobs):
         summary, token = keep_best(cfg, sd, mine, score, paths)
-        summaries.append(summary | dict(micro_batch_size=forward_size(cfg, sd, len(runs)), runs_together=len(runs)))
+        summary |= dict(micro_batch_size=forward_size(cfg, sd, together), runs_together=together)
+        summaries.append(summary | ({} if retry is None else dict(candidates_trained=len(mine), retries=retry)))
         chosen.append((token, c, name))
     if cfg.check_learned:
         for summary, verdict in zip(summaries, verdicts(cfg, sd, clf, chosen)):
@@ -242,6 +237,62 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on
     for summary, (_c, _name, paths) in zip(summaries, jobs):
         write_json(paths.train_summary, summary | {"process": process})
     return summaries
+
+
+def train_round(cfg: RunConfig, sd, clf, jobs: list[tuple], ks, on_epoch=None) -> list[list]:
+    """Candidates `ks` of every class in `jobs`, trained together; their runs, per class."""
+    from selection import candidate_seed
+    from train import new_run, train_runs
+
+    per_class = []
+    for c, name, paths in jobs:
+        per_class.append([])
+        for k in ks:
+            log, img = paths.candidate_files(k, cfg.candidates)
+            label = paths.dir_name + (f" candidate {k}" if cfg.candidates > 1 else "")
+            per_class[-1].append(new_run(cfg, sd, c, name, log, img, candidate_seed(cfg.seed, k), label))
+    runs = [r for mine in per_class for r in mine]
+    desc = jobs[0][2].dir_name if len(jobs) == 1 else f"{len(jobs)} classes"
+    tracker = trackers(cfg)
+    try:
+        train_runs(cfg, sd, clf, runs, clf.labels, logged(tracker, on_epoch), desc=desc)
+    finally:
+        if tracker is not None:
+            tracker.end_training()
+    return per_class
+
+
+def adaptive_rounds(cfg: RunConfig, sd, clf, jobs: list[tuple], on_epoch=None) -> tuple[list, list, list]:
+    """--retry_below M: candidate 0 of every class, then candidate k + 1 only for the classes whose best
+    token so far (chosen as `keep_best` chooses) gains less than M points on the selection seeds, as images
+    or under one-pixel shifts (`selection.short_of`), up to --candidates. Those classes train together.
+    Returns each class's runs, their selection scores, and per candidate why the next one was (not) started."""
+    from selection import best_choice, selection_scores, short_of, token_of, verdicts
+
+    per_class, scores, retries = [[] for _ in jobs], [[] for _ in jobs], [[] for _ in jobs]
+    todo = list(range(len(jobs)))
+    for k in range(cfg.candidates):
+        mine = [jobs[i] for i in todo]
+        new = train_round(cfg, sd, clf, mine, [k], on_epoch)
+        for i, runs, score in zip(todo, new, selection_scores(cfg, sd, clf, new, [n for _, n, _ in mine])):
+            per_class[i] += runs
+            scores[i] += score
+        choices = [best_choice(per_class[i], scores[i]) for i in todo]
+        best = [(token_of(per_class[i], ch), c, n) for i, ch, (c, n, _) in zip(todo, choices, mine)]
+        short = [short_of(v, cfg.retry_below) for v in verdicts(cfg, sd, clf, best)]
+        for i, why in zip(todo, short):
+            if why is None:
+                note = f"not started: the best token reaches the margin {cfg.retry_below:g}"
+            elif k + 1 == cfg.candidates:
+                note = f"not started: {why}, but --candidates {cfg.candidates} were trained"
+            else:
+                note = f"started: {why} (the margin {cfg.retry_below:g})"
+                print(f"run.py: class {jobs[i][2].dir_name}: {why}; training candidate {k + 1}", file=sys.stderr)
+            retries[i].append(dict(after_candidate=k, next_candidate=note))
+        todo = [i for i, why in zip(todo, short) if why is not None]
+        if not todo:
+            break
+    return per_class, scores, retries
 
 
 def trackers(cfg: RunConfig):

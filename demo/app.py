@@ -44,6 +44,7 @@ NOT_SERVER_FLAGS = {
     "exp_id": "every training names a run folder of its own",
     "skip_exists": "every training names a run folder of its own",
     "candidates": "the page trains one token per request",
+    "retry_below": "the page trains one token per request",
     "class_batch": "the page trains one class per request",
     "save_as_full_pipeline": "the page saves tokens only",
 }

@@ -188,6 +188,7 @@ def test_a_refused_start_is_one_line_and_creates_nothing(tmp_path, argv, message
         ("--exp_id mine", "every training names a run folder of its own"),
         ("--skip_exists", "every training names a run folder of its own"),
         ("--candidates 2", "the page trains one token per request"),
+        ("--retry_below 10", "the page trains one token per request"),
         ("--class_batch 2", "the page trains one class per request"),
         ("--save_as_full_pipeline", "the page saves tokens only"),
     ],
