@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -233,6 +234,14 @@ def accuracy(model, x01: torch.Tensor, y: torch.Tensor, mean_std: tuple[float, f
     return (pred == y).float().mean().item()
 
 
+@torch.no_grad()
+def shifted_accuracy(model, x01: torch.Tensor, y: torch.Tensor, mean_std: tuple[float, float]) -> float:
+    """Mean accuracy over the images moved by one pixel each way (the edge repeated)."""
+    from selection import SHIFTS, shifted
+
+    return sum(accuracy(model, shifted(x01, *d), y, mean_std) for d in SHIFTS) / len(SHIFTS)
+
+
 # ----------------------------------------------------------------------------- stages
 @torch.no_grad()
 def tie_gray_output(vae) -> None:
@@ -368,6 +377,9 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
     stages = stages or ("pipeline", "classifier", "classifier_b")
     os.makedirs(out, exist_ok=True)
     info: dict = {"steps_scale": steps_scale, "threads": threads, "timings_s": {}, "steps": {}}
+    earlier = Path(out) / "build_info.json"  # a partial build keeps the other stages' entries
+    if stages != ("pipeline", "classifier", "classifier_b") and earlier.exists():
+        info = json.loads(earlier.read_text()) | {"steps_scale": steps_scale, "threads": threads}
     t_all = time.perf_counter()
     x_tr, y_tr, x_te, y_te = load_split()
     info["n_train"], info["n_held_out"] = len(y_tr), len(y_te)
@@ -415,9 +427,11 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
         # keep the plain BPE files beside tokenizer.json
         build_tokenizer(words, out_dir=os.path.join(path, "tokenizer"), model_max_length=TEXT_POSITIONS)
 
-    for name, make, norm, seed, lr in (
-        ("classifier", make_classifier_a, NORM_A, 3, 1e-3),
-        ("classifier_b", make_classifier_b, NORM_B, 4, 2e-3),
+    # The judge never sees an image the training classifier learned from (nor the UNet): classifier_b trains
+    # on the held-out split and is measured on the train split, classifier A the other way round.
+    for name, make, norm, seed, lr, fit, unseen in (
+        ("classifier", make_classifier_a, NORM_A, 3, 1e-3, (x_tr, y_tr), (x_te, y_te)),
+        ("classifier_b", make_classifier_b, NORM_B, 4, 2e-3, (x_te, y_te), (x_tr, y_tr)),
     ):
         if name not in stages:
             continue
@@ -425,16 +439,21 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
         torch.manual_seed(seed)
         model = make()
         n = info["steps"][name] = scaled(name, steps_scale)
-        acc = train_classifier(model, x_tr, y_tr, x_te, y_te, norm, n, seed, lr, name)
-        info[f"{name}_held_out_accuracy"] = round(acc, 4)
-        print(f"[digits] {name} held-out accuracy: {acc:.4f}", flush=True)
+        acc = train_classifier(model, *fit, *unseen, norm, n, seed, lr, name)
+        info[f"{name}_trained_on"] = "train split" if fit[0] is x_tr else "held-out split"
+        info[f"{name}_unseen_accuracy"] = round(acc, 4)
+        info[f"{name}_unseen_shifted_accuracy"] = round(shifted_accuracy(model, *unseen, norm), 4)
+        print(f"[digits] {name} accuracy on the split it never saw: {acc:.4f}", flush=True)
         path = os.path.join(out, name)
         shutil.rmtree(path, ignore_errors=True)
         model.save_pretrained(path, safe_serialization=True)
         make_processor(norm).save_pretrained(path)
         stage_done(name, t0)
 
-    info["timings_s"]["total"] = round(time.perf_counter() - t_all, 1)
+    timings = info["timings_s"]  # a partial build: the stages' sum, the earlier ones included
+    timings["total"] = round(
+        time.perf_counter() - t_all if len(stages) == 3 else sum(timings.values()) - timings.get("total", 0), 1
+    )
     with open(os.path.join(out, "build_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     print(f"[digits] total: {info['timings_s']['total']} s -> {out}", flush=True)

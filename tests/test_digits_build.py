@@ -70,7 +70,7 @@ def test_classifier_stage_is_deterministic(tmp_path):
     wb = load_file(tmp_path / "b" / "classifier_b" / "model.safetensors")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    assert a["classifier_b_held_out_accuracy"] == b["classifier_b_held_out_accuracy"]
+    assert a["classifier_b_unseen_accuracy"] == b["classifier_b_unseen_accuracy"]
 
 
 def test_script_entry_points():
