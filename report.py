@@ -83,6 +83,8 @@ def learned_text(v: dict) -> str:
     seen += bounds(*v["shifted_gain_ci"], signed=True)
     if v["learned"]:
         return f"learned ({seen})"
+    if v.get("nothing_to_learn"):  # e.g. an unambiguous class name: no room for a gain, no reason to retrain
+        return f"nothing to learn: the plain prompt already draws the class on every selection seed ({seen})"
     if v["gain_ci"][0] <= 0:
         why = "its gain over the plain prompt is not clearly above zero, so it may not draw the class more often"
     else:

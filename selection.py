@@ -152,6 +152,7 @@ def verdicts(cfg: RunConfig, sd, clf, chosen: list[tuple]) -> list[dict]:
                 shifted_gain=shift[0],
                 shifted_gain_ci=list(shift[1:]),
                 learned=gain[1] > 0 and shift[1] > 0,
+                nothing_to_learn=all(b),  # the plain prompt already draws the class on every selection seed
             )
         )
     return out

@@ -48,6 +48,23 @@ def test_the_verdict_needs_both_gains_clearly_above_zero(
     assert why is None or why in line
 
 
+def test_a_class_the_plain_prompt_already_draws_has_nothing_to_learn(tiny, tmp_path, monkeypatch):
+    """An unambiguous class name: the baseline hits every selection seed, so no gain can be clearly above zero;
+    the line says there was nothing to learn instead of NOT LEARNED and advice to train more."""
+    from workspace import load_classifiers, load_diffusion
+
+    cfg = selection_cfg(tiny, tmp_path)
+    classifiers = load_classifiers(cfg, False)
+    sd = load_diffusion(cfg, classifiers, torch.device("cpu"), torch.float32)
+    calls = iter([([True] * 20, [True] * 20), ([True] * 20, [True] * 20)])
+    monkeypatch.setattr(selection, "hits", lambda *_a: next(calls))
+    (v,) = selection.verdicts(cfg, sd, classifiers["classifier"], [(sd.init_embedding, 1, "tiger cat")])
+    assert v["nothing_to_learn"] and not v["learned"]
+    line = learned_line(1, "tiger cat", v)
+    assert line.startswith("class 2 (tiger cat): nothing to learn: the plain prompt already draws the class on every")
+    assert "NOT LEARNED" not in line and "baseline 100% -> token 100%" in line
+
+
 def selection_cfg(tiny, tmp_path, *extra):
     from config import parse_args
 
