@@ -88,9 +88,8 @@ def main() -> None:
             gain = paired_gain(by_offer[i]["hits"], baseline["hits"])
             result[rule] = dict(offer=i, candidates=trained, epochs=sum(epochs[:trained]), gain=gain)
             rows.setdefault(rule, []).append(result[rule] | dict(one_run_epochs=epochs[0]))
-        verdict_rows = [dict(gain=v["gain"], shifted_gain=v["shifted_gain"]) for v in seen]
         report.append(dict(class_index=index + 1, name=name, baseline=baseline["judge"], rules=result))
-        report[-1] |= dict(selection_verdicts=verdict_rows)
+        report[-1] |= dict(selection_verdicts=seen)  # of the best of candidates 0..k, for each k
         cells = "  ".join(f"{r}: {100 * x['gain'][0]:+.0f}" for r, x in result.items())
         print(f"{index + 1:>2} {name:<6} baseline {baseline['judge']:.2f}  {cells}", flush=True)
     print(f"\n{a.at} seeds {seeds[0]}..{seeds[-1]}, judge {classifiers['eval_classifier'].name}")
