@@ -87,8 +87,10 @@ def main() -> None:
         for rule, (i, trained) in chosen.items():
             gain = paired_gain(by_offer[i]["hits"], baseline["hits"])
             result[rule] = dict(offer=i, candidates=trained, epochs=sum(epochs[:trained]), gain=gain)
+            result[rule] |= dict(token=by_offer[i]["judge"], agree=by_offer[i]["agree"])  # the judges agree
             rows.setdefault(rule, []).append(result[rule] | dict(one_run_epochs=epochs[0]))
         report.append(dict(class_index=index + 1, name=name, baseline=baseline["judge"], rules=result))
+        report[-1]["baseline_agree"] = baseline["agree"]
         report[-1] |= dict(selection_verdicts=seen)  # of the best of candidates 0..k, for each k
         cells = "  ".join(f"{r}: {100 * x['gain'][0]:+.0f}" for r, x in result.items())
         print(f"{index + 1:>2} {name:<6} baseline {baseline['judge']:.2f}  {cells}", flush=True)
