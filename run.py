@@ -74,7 +74,7 @@ def run(cfg: "RunConfig") -> int:
                 if not (cfg.skip_exists and finished(cfg, sd, paths)):
                     jobs.append((c, labels[c], paths))
             if cfg.train and jobs:
-                summaries = train_batch(cfg, sd, classifiers["classifier"], jobs, state.process_index)
+                summaries = train_batch(cfg, sd, classifiers["classifier"], jobs, process=state.process_index)
                 for (c, name, _), summary in zip(jobs, summaries):
                     if "learned" in summary:
                         tqdm.write(learned_line(c, name, summary["learned"]))

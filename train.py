@@ -368,5 +368,5 @@ def _decay_vocabulary(sd, cfg, run: Run, entry: dict) -> None:
             weight[others] *= 1 - cfg.lr * cfg.weight_decay
 
 
-def new_run(cfg, sd, target: int, name: str, log_path: Path, img_dir: Path, seed: int, label: str = "") -> Run:
+def new_run(cfg, sd, target: int, name: str, *, log_path: Path, img_dir: Path, seed: int, label: str = "") -> Run:
     return Run(cfg, target, name, seed, Path(log_path), Path(img_dir), sd.init_embedding, make_scaler(sd, cfg), label)

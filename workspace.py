@@ -202,10 +202,10 @@ def quiet_libraries() -> None:
 def train_and_record(cfg: RunConfig, sd, clf, c: int, name: str, paths: "ClassPaths", process: int, on_epoch=None):
     """One class (the web demo's unit): `train_batch` for it alone; `on_epoch(entry, images)`."""
     callback = None if on_epoch is None else (lambda _run, entry, images: on_epoch(entry, images))
-    return train_batch(cfg, sd, clf, [(c, name, paths)], process, callback)[0]
+    return train_batch(cfg, sd, clf, [(c, name, paths)], process=process, on_epoch=callback)[0]
 
 
-def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], process: int = 0, on_epoch=None) -> list[dict]:
+def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], *, process: int = 0, on_epoch=None) -> list[dict]:
     """Train the classes in `jobs` ((index, name, ClassPaths) each), `cfg.candidates` runs per class, all
     together; with several candidates, keep per class the one most accurate on the selection seeds
     (judged by the training classifier only). With --retry_below, the candidates come one round at a time,
@@ -250,7 +250,9 @@ def train_round(cfg: RunConfig, sd, clf, jobs: list[tuple], ks, on_epoch=None) -
         for k in ks:
             log, img = paths.candidate_files(k, cfg.candidates)
             label = paths.dir_name + (f" candidate {k}" if cfg.candidates > 1 else "")
-            per_class[-1].append(new_run(cfg, sd, c, name, log, img, candidate_seed(cfg.seed, k), label))
+            per_class[-1].append(
+                new_run(cfg, sd, c, name, log_path=log, img_dir=img, seed=candidate_seed(cfg.seed, k), label=label)
+            )
     runs = [r for mine in per_class for r in mine]
     desc = jobs[0][2].dir_name if len(jobs) == 1 else f"{len(jobs)} classes"
     tracker = trackers(cfg)

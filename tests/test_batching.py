@@ -21,7 +21,9 @@ IMAGE_ATOL = 1e-5  # images in [0, 1]
 
 
 def _sd(tiny):
-    return load_sd(tiny["sd"], torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+    return load_sd(
+        tiny["sd"], torch.device("cpu"), torch.float32, size=(16, 16), placeholder="newclas", initializer="a"
+    )
 
 
 def _token_grad(sd, clf, cfg, prompts, noise, micro_batch: int) -> torch.Tensor:

@@ -106,7 +106,7 @@ def test_whole_matrix_adamw_decays_other_rows():
 
 def test_original_padding_pads_to_the_longest(tiny, tmp_path):
     cfg = parse_args(tiny_args(tiny, tmp_path, "--pad_to_longest"))
-    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float32, size=(16, 16), placeholder="newclas", initializer="a")
     lengths = []
     sd.text_encoder.register_forward_pre_hook(lambda _m, args: lengths.append(args[0].shape[1]))
     prompts = ["A photo of newclas crane", "a high resolution realistic image of newclas crane"]
@@ -136,7 +136,7 @@ def test_preset_original_runs_and_logs_the_last_image_regime(tiny, tmp_path):
 
 
 def test_fp32_runs_get_the_loss_scale_only_for_the_originals_clip(tiny, tmp_path):
-    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float32, size=(16, 16), placeholder="newclas", initializer="a")
     assert not make_scaler(sd, parse_args(tiny_args(tiny, tmp_path))).is_enabled()
     scaler = make_scaler(sd, parse_args(tiny_args(tiny, tmp_path, "--preset", "original")))
     assert scaler.is_enabled() and scaler.get_scale() == 65536.0
@@ -148,7 +148,15 @@ def test_original_evaluation_blackens_what_the_safety_checker_flags(tiny, tmp_pa
     import diffusion
 
     cfg = parse_args(tiny_args(tiny, tmp_path, "--preset", "original"))
-    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float16, (16, 16), "newclas", "a", safety_checker=True)
+    sd = load_sd(
+        tiny["sd"],
+        torch.device("cpu"),
+        torch.float16,
+        size=(16, 16),
+        placeholder="newclas",
+        initializer="a",
+        safety_checker=True,
+    )
 
     class Checker(torch.nn.Module):  # the diffusers checker's interface: (images, clip_input) -> (images, flags)
         def __init__(self):

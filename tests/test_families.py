@@ -42,7 +42,15 @@ def zoo(tmp_path_factory) -> dict:
 
 def _sd(zoo, variant, train_encoders=""):
     cpu = torch.device("cpu")
-    return load_sd(zoo[variant], cpu, torch.float32, (16, 16), "newclas", "a", train_encoders=train_encoders)
+    return load_sd(
+        zoo[variant],
+        cpu,
+        torch.float32,
+        size=(16, 16),
+        placeholder="newclas",
+        initializer="a",
+        train_encoders=train_encoders,
+    )
 
 
 def _pipe(zoo, variant):

@@ -50,7 +50,7 @@ def _train_two_runs(cfg, tmp_path, dtype):
     clf = classifiers["classifier"]
     frozen = _snapshot(sd.unet, sd.vae, sd.text_encoder, clf.model)
     runs = [
-        train.new_run(cfg, sd, c, name, tmp_path / f"{c}.jsonl", tmp_path / f"img{c}", seed)
+        train.new_run(cfg, sd, c, name, log_path=tmp_path / f"{c}.jsonl", img_dir=tmp_path / f"img{c}", seed=seed)
         for c, name, seed in ((TARGET, "crane", 35), (1, "tiger cat", 36))
     ]
     train.train_runs(cfg, sd, clf, runs, clf.labels)
@@ -90,7 +90,9 @@ def test_fp16_training_as_on_a_gpu(tiny, tmp_path):
 
 def _gradient_run(sd, clf, cfg, folder):
     """A new run's first epoch gradient, as training computes it (train.epoch_pass), in one forward."""
-    run = train.new_run(cfg, sd, TARGET, "crane", folder / "train_log.jsonl", folder / "train", cfg.seed)
+    run = train.new_run(
+        cfg, sd, TARGET, "crane", log_path=folder / "train_log.jsonl", img_dir=folder / "train", seed=cfg.seed
+    )
     [(loss, _, _)] = train.epoch_pass(cfg, sd, clf, [run], 0, clf.labels, cfg.epoch_size)
     assert math.isfinite(loss) and run.token.grad.dtype == torch.float32
     return run
@@ -102,8 +104,8 @@ def test_fp16_token_gradient_agrees_with_fp32(tiny, tmp_path):
     gradient (measured cosine 0.999998, norm ratio 0.9985)."""
     cfg = _cfg(tiny, tmp_path)
     clf = load_classifier(tiny["clf"], "auto")
-    full = load_sd(tiny["sd"], CPU, torch.float32, (16, 16), "newclas", "a")
-    half = load_sd(tiny["sd"], CPU, torch.float16, (16, 16), "newclas", "a")
+    full = load_sd(tiny["sd"], CPU, torch.float32, size=(16, 16), placeholder="newclas", initializer="a")
+    half = load_sd(tiny["sd"], CPU, torch.float16, size=(16, 16), placeholder="newclas", initializer="a")
     run32 = _gradient_run(full, clf, cfg, tmp_path / "fp32")
     assert not run32.scaler.is_enabled()
     g32 = run32.token.grad.detach().clone()
@@ -145,7 +147,7 @@ def test_original_evaluation_generates_fp32_and_restores_fp16(tiny, tmp_path):
     -> fp16 leaves the weights bit-identical, also when generation fails inside."""
     cfg = _cfg(tiny, tmp_path, "--preset", "original")
     assert cfg.eval_as_original
-    sd = load_sd(tiny["sd"], CPU, torch.float16, (16, 16), "newclas", "a")
+    sd = load_sd(tiny["sd"], CPU, torch.float16, size=(16, 16), placeholder="newclas", initializer="a")
     weights = _snapshot(sd.unet, sd.vae)
     seen = []
     sd.unet.register_forward_pre_hook(lambda _m, args: seen.append((sd.unet.dtype, args[0].dtype)))
@@ -225,7 +227,7 @@ def test_compiled_unet_gives_the_same_gradient_and_images(tiny, tmp_path):
     (measured: gradient within 3e-10 of a largest component 1.7e-4, images within 6e-7)."""
     cfg = _cfg(tiny, tmp_path)
     clf = load_classifier(tiny["clf"], "auto")
-    sd = load_sd(tiny["sd"], CPU, torch.float32, (16, 16), "newclas", "a")
+    sd = load_sd(tiny["sd"], CPU, torch.float32, size=(16, 16), placeholder="newclas", initializer="a")
 
     def once():
         grad = _gradient_run(sd, clf, cfg, tmp_path).token.grad.detach().clone()
@@ -248,7 +250,7 @@ def test_train_step_mixed_dtypes_in_fp16(tiny, tmp_path, preset):
     classifier fp32 images, the losses and images come back fp32 and the token's gradient is fp32.
     `original`: also the text encoder under fp16 autocast, prompts padded to the longest, plain clamp."""
     cfg = _cfg(tiny, tmp_path, *(["--preset", preset] if preset else []))
-    sd = load_sd(tiny["sd"], CPU, torch.float16, (16, 16), "newclas", "a")
+    sd = load_sd(tiny["sd"], CPU, torch.float16, size=(16, 16), placeholder="newclas", initializer="a")
     clf = load_classifier(tiny["clf"], "auto")
     seen = {"clf": [], "unet": [], "vae": []}
     clf.model.register_forward_pre_hook(

@@ -31,10 +31,19 @@ def _train(tiny, tmp_path, runs_spec, dtype=torch.float32, init_shift=0.0, **ove
     cfg = parse_args([*args, "--accuracy_stop", "1"])
     for k, v in overrides.items():
         setattr(cfg, k, v)
-    sd = load_sd(tiny["sd"], torch.device("cpu"), dtype, (16, 16), "newclas", "a", slots=len(runs_spec))
+    sd = load_sd(
+        tiny["sd"],
+        torch.device("cpu"),
+        dtype,
+        size=(16, 16),
+        placeholder="newclas",
+        initializer="a",
+        slots=len(runs_spec),
+    )
     clf = load_classifier(tiny["clf"], "auto")
     runs = [
-        new_run(cfg, sd, c, "crane", tmp_path / f"{c}_{s}.jsonl", tmp_path / f"img{c}_{s}", s) for c, s in runs_spec
+        new_run(cfg, sd, c, "crane", log_path=tmp_path / f"{c}_{s}.jsonl", img_dir=tmp_path / f"img{c}_{s}", seed=s)
+        for c, s in runs_spec
     ]
     if init_shift:  # the same runs from a token that starts init_shift away in every entry
         runs = [replace(r, init=r.init + init_shift) for r in runs]
@@ -156,7 +165,7 @@ def test_out_of_memory_at_a_chosen_batch_size_is_the_users_to_fix(tiny, tmp_path
 
 
 def test_make_scaler_is_per_run(tiny):
-    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float16, (16, 16), "newclas", "a")
+    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float16, size=(16, 16), placeholder="newclas", initializer="a")
     cfg = parse_args(["--device", "cpu"])
     assert make_scaler(sd, cfg) is not make_scaler(sd, cfg) and make_scaler(sd, cfg).is_enabled()
 

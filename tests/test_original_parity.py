@@ -65,7 +65,7 @@ def project(tiny, tmp_path_factory):
         weight[row] = run.token.detach()  # the project injects its token; the matrix row stays at the initializer
         after.append(After(entry["loss"], weight))
 
-    train_batch(cfg, sd, clf, [(c, clf.labels[c], paths)], 0, on_epoch)
+    train_batch(cfg, sd, clf, [(c, clf.labels[c], paths)], on_epoch=on_epoch)
     log = [json.loads(line) for line in paths.log.read_text().splitlines()]
     assert len(log) == EPOCHS and all(e["clips"] and all(e["clips"]) for e in log)  # every clip cuts: §7.1 acts
     return SimpleNamespace(cfg=cfg, log=log, after=after, row=row, a=a, a_norm=a_norm)
@@ -85,7 +85,14 @@ def original_loop(cfg, log: list[dict], clip_before: bool = True, whole_matrix: 
     """run.py `train()` restated, for the epochs of `log` (its prompts in image order, its noise seeds).
     `clip_before=False`: the clip after the epoch's backwards, on the unscaled gradient (the usual loop);
     `whole_matrix=False`: the other rows kept, as an optimizer over the token's row alone would."""
-    sd = load_sd(cfg.sd_model, torch.device("cpu"), torch.float32, (cfg.height, cfg.width), cfg.placeholder_token, "a")
+    sd = load_sd(
+        cfg.sd_model,
+        torch.device("cpu"),
+        torch.float32,
+        size=(cfg.height, cfg.width),
+        placeholder=cfg.placeholder_token,
+        initializer="a",
+    )
     clf = load_classifier(cfg.classifier)
     emb = sd.text_encoder.get_input_embeddings()
     emb._forward_hooks.clear()  # the original trains the matrix's own row: no injected token
@@ -195,7 +202,7 @@ def test_the_log_records_the_clip_regime(setup, flags, regime):  # noqa: F811
     cfg.clip_before_backward, cfg.batch_size, cfg.epoch_size, cfg.num_train_epochs, cfg.accuracy_stop = True, 1, 3, 2, 1
     for k, v in flags.items():
         setattr(cfg, k, v)
-    run = new_run(cfg, sd, TARGET, "target", paths.log, paths.img_dir / "train", cfg.seed)
+    run = new_run(cfg, sd, TARGET, "target", log_path=paths.log, img_dir=paths.img_dir / "train", seed=cfg.seed)
     train_runs(cfg, sd, Scripted([0.0]), [run], Scripted.labels)
     log = [json.loads(line) for line in paths.log.read_text().splitlines()]
     assert [e["last_image_regime"] for e in log] == [regime] * 2

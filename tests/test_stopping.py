@@ -43,7 +43,9 @@ def setup(tiny, tmp_path):
     args = ["--sd_model", tiny["sd"], "--classifier", tiny["clf"], "--height", "16", "--width", "16"]
     args += ["--num_of_SD_inference_steps", "2", "--epoch_size", "2", "--output_path", str(tmp_path)]
     cfg = parse_args(args + ["--early_stopping", "2", "--num_train_epochs", "20", "--lr", "0.05"])
-    sd = load_sd(cfg.sd_model, torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+    sd = load_sd(
+        cfg.sd_model, torch.device("cpu"), torch.float32, size=(16, 16), placeholder="newclas", initializer="a"
+    )
     return cfg, sd, ClassPaths.of(cfg, TARGET, "target")
 
 

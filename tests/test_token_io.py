@@ -13,7 +13,7 @@ from tokens import load_token, save_token
 def test_token_round_trips_through_load_textual_inversion(tiny, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+    sd = load_sd(tiny["sd"], torch.device("cpu"), torch.float32, size=(16, 16), placeholder="newclas", initializer="a")
     value = torch.randn_like(sd.token)
     path = tmp_path / "learned_embeds.safetensors"
     save_token(path, sd, "newclas", value)
@@ -45,7 +45,7 @@ def test_text_encoder_with_old_text_model_prefix_loads(tiny, tmp_path):
     # transformers 5 saves the keys without the prefix, 4.x (the floor) with it: compare without.
     state = {k.removeprefix("text_model."): v for k, v in load_file(f).items()}
     save_file({f"text_model.{k}": v for k, v in state.items()}, f, metadata={"format": "pt"})
-    sd = load_sd(str(root), torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+    sd = load_sd(str(root), torch.device("cpu"), torch.float32, size=(16, 16), placeholder="newclas", initializer="a")
     loaded = {k.removeprefix("text_model."): v for k, v in sd.text_encoder.state_dict().items()}
     for k, v in state.items():
         if k != "embeddings.token_embedding.weight":  # resized by one row for S_c

@@ -15,7 +15,9 @@ def setup(tiny):
 
     cfg = parse_args(["--sd_model", tiny["sd"], "--classifier", tiny["clf"], "--height", "16", "--width", "16"])
     cfg.num_of_SD_inference_steps = 4
-    sd = load_sd(cfg.sd_model, torch.device("cpu"), torch.float32, (16, 16), "newclas", "a")
+    sd = load_sd(
+        cfg.sd_model, torch.device("cpu"), torch.float32, size=(16, 16), placeholder="newclas", initializer="a"
+    )
     return cfg, sd, load_classifier(cfg.classifier)
 
 

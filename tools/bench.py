@@ -296,7 +296,9 @@ def token_gradient(sd, clf, cfg: RunConfig, noise_seed: int, dtype: torch.dtype,
     sd.dtype = dtype
     one = replace(cfg, epoch_size=1)
     for _ in range(32):
-        run = new_run(one, sd, TARGET, CLASS_NAME, folder / "train_log.jsonl", folder / "train", cfg.seed)
+        run = new_run(
+            one, sd, TARGET, CLASS_NAME, log_path=folder / "train_log.jsonl", img_dir=folder / "train", seed=cfg.seed
+        )
         run.noise_seed = noise_seed  # the same prompt, this noise
         with torch.no_grad():
             run.token.copy_(sd.token)  # the token the train cases left, not the initializer's
@@ -363,7 +365,15 @@ def load_family(variant: str, shape_name: str, cfg: RunConfig):
     shape = "tiny" if shape_name == "tiny" else "real"
     pipe = model_zoo.pipeline(variant, [CLASS_NAME], shape=shape, device=device, dtype=dtype)
     words = cfg.placeholder_token, cfg.initializer_token
-    return load_sd(pipe, device, dtype, (cfg.height, cfg.width), *words, train_encoders=cfg.train_encoders)
+    return load_sd(
+        pipe,
+        device,
+        dtype,
+        size=(cfg.height, cfg.width),
+        placeholder=words[0],
+        initializer=words[1],
+        train_encoders=cfg.train_encoders,
+    )
 
 
 def weights(sd) -> dict:
@@ -577,7 +587,7 @@ def forward_sizes(cfg: RunConfig, device: torch.device, runs: int) -> list[int]:
 def warm_up(cfg: RunConfig, sd, clf, folder: Path) -> None:
     """An untimed 2-image pass (train.epoch_pass on a throwaway run): the first forward pays one-off costs."""
     two = replace(cfg, epoch_size=2)
-    run = new_run(two, sd, 0, clf.labels[0], folder / "train_log.jsonl", folder / "train", 0)
+    run = new_run(two, sd, 0, clf.labels[0], log_path=folder / "train_log.jsonl", img_dir=folder / "train", seed=0)
     epoch_pass(two, sd, clf, [run], 0, clf.labels, 2)
 
 
@@ -912,7 +922,15 @@ def bench_sd(args, shape_name: str, out: Path, result: dict) -> None:
         dev, dtype = device_dtype(cfg)
         # a slot per class trained together, as workspace.load_diffusion sizes them (class_batch x candidates)
         words, slots = (cfg.placeholder_token, cfg.initializer_token), max(CLASS_BATCH_RUNS)
-        sd = load_sd(str(folder), dev, dtype, (cfg.height, cfg.width), *words, slots=slots)
+        sd = load_sd(
+            str(folder),
+            dev,
+            dtype,
+            size=(cfg.height, cfg.width),
+            placeholder=words[0],
+            initializer=words[1],
+            slots=slots,
+        )
         clf = build_classifier(shape).to(dev)  # fp32, as workspace.load_diffusion leaves it
         if dev.type == "cuda":
             result["device"] = torch.cuda.get_device_name(dev)

@@ -39,7 +39,14 @@ AMBIGUOUS_CLASSES = {"stick": (2, 8), "loop": (1, 7), "curl": (4, 9)}  # 1-based
 
 def setup(extra=()):
     cfg = parse_args(["--preset", "digits", "--device", "cpu", *extra])
-    sd = load_sd(cfg.sd_model, torch.device("cpu"), torch.float32, (cfg.height, cfg.width), "newclas", "a")
+    sd = load_sd(
+        cfg.sd_model,
+        torch.device("cpu"),
+        torch.float32,
+        size=(cfg.height, cfg.width),
+        placeholder="newclas",
+        initializer="a",
+    )
     return cfg, sd, load_classifier(cfg.classifier), load_classifier(cfg.eval_classifier)
 
 

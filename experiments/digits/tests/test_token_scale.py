@@ -19,7 +19,14 @@ def test_scale_zero_is_the_baseline_prompt(tmp_path, capsys):
     from tokens import save_token
 
     cfg = parse_args(["--preset", "digits", "--device", "cpu"])
-    sd = load_sd(cfg.sd_model, torch.device("cpu"), torch.float32, (16, 16), cfg.placeholder_token, "a")
+    sd = load_sd(
+        cfg.sd_model,
+        torch.device("cpu"),
+        torch.float32,
+        size=(16, 16),
+        placeholder=cfg.placeholder_token,
+        initializer="a",
+    )
     save_token(tmp_path / "init.safetensors", sd, cfg.placeholder_token, sd.init_embedding)
     save_token(tmp_path / "random.safetensors", sd, cfg.placeholder_token, 3 * torch.randn_like(sd.init_embedding))
     files = [str(tmp_path / f) for f in ("init.safetensors", "random.safetensors")]
