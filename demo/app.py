@@ -112,7 +112,9 @@ def parse_app_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
     """The server's flags, then everything else through run.py's own parser (config.parse_args, which
     creates the output folder)."""
     args, rest, _ = split_args(argv)
-    return args, parse_args(rest)
+    cfg = parse_args(rest)
+    cfg.candidates, cfg.retry_below = 1, None  # one token per request, whatever a preset asks (NOT_SERVER_FLAGS)
+    return args, cfg
 
 
 def check_address(host: str, port: int) -> None:

@@ -107,6 +107,7 @@ def test_app_defaults_to_the_digits_world_on_localhost(monkeypatch, tmp_path):
     assert cfg.preset == "digits" and cfg.sd_model.endswith("digits/pipeline") and cfg.output_path == app.DEFAULT_OUTPUT
     # The page's epochs; the rest the preset's.
     assert cfg.num_train_epochs == app.DIGITS_EPOCHS == 30 and cfg.lr == 0.06
+    assert (cfg.candidates, cfg.retry_below) == (1, None)  # one token per request, although the preset retries
     assert app.parse_app_args(["--num_train_epochs", "50"])[1].num_train_epochs == 50
     limits = (Limits.max_epochs, Limits.max_seeds, Limits.max_images)
     assert (args.max_epochs, args.max_seeds, args.max_images) == limits

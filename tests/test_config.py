@@ -90,6 +90,20 @@ def test_a_presets_snapshots_need_no_flag_to_evaluate_only(tmp_path):
         parse_args(["--preset", "digits", "--train", "False", "--select_every", "10", *out])
 
 
+def test_a_presets_retries_give_way_to_evaluating_or_to_one_run(tmp_path):
+    """The digits preset trains up to 3 candidates, more only where the token falls short (--retry_below):
+    evaluating only, or asking for one run, needs no flag to switch that off; an explicit margin still asks."""
+    out = ["--output_path", str(tmp_path)]
+    cfg = parse_args(["--preset", "digits", *out])
+    assert (cfg.candidates, cfg.retry_below) == (PRESETS["digits"]["candidates"], PRESETS["digits"]["retry_below"])
+    cfg = parse_args(["--preset", "digits", "--train", "False", *out])
+    assert (cfg.candidates, cfg.retry_below) == (1, None)
+    assert parse_args(["--preset", "digits", "--candidates", "1", *out]).retry_below is None
+    assert parse_args(["--preset", "digits-flow", *out]).retry_below is None  # not measured in the flow world
+    with pytest.raises(UsageError, match="--retry_below 5.0: needs --candidates 2 or more"):
+        parse_args(["--preset", "digits", "--candidates", "1", "--retry_below", "5", *out])
+
+
 def test_accumulation_derives_the_micro_batch():
     assert parse_args(["--gradient_accumulation_steps", "5"]).batch_size == 1
     with pytest.raises(UsageError, match="gradient_accumulation_steps"):
@@ -135,6 +149,7 @@ def test_original_preset_wins_for_what_the_original_code_hard_codes(presets, tmp
     cfg = parse_args(["--preset", presets, "--output_path", str(tmp_path)])
     assert {k: getattr(cfg, k) for k in ORIGINAL_RULES} == ORIGINAL_RULES
     assert (cfg.grad_steps, cfg.accuracy_stop, cfg.select_every, cfg.candidates, cfg.batch_size) == (1, 0.7, 0, 1, 1)
+    assert cfg.retry_below is None
     assert cfg.clip_before_backward and cfg.decay_vocabulary and cfg.pad_to_longest and cfg.plain_clamp
     world = parse_args(["--preset", "digits" if "digits" in presets else "", "--output_path", str(tmp_path)])
     for key in ("sd_model", "height", "num_of_SD_inference_steps", "guidance_scale", "lr", "epoch_size"):
@@ -153,6 +168,7 @@ def test_original_preset_wins_for_what_the_original_code_hard_codes(presets, tmp
         ("batch_size", "4", "1"),
         ("class_batch", "2", "1"),
         ("fresh_noise", "True", "False"),
+        ("retry_below", "5.0", None),
     ],
 )
 def test_a_flag_the_original_cannot_follow_is_refused(flag, value, fixed, tmp_path, capsys):
@@ -164,10 +180,10 @@ def test_a_flag_the_original_cannot_follow_is_refused(flag, value, fixed, tmp_pa
     assert (
         err
         == f"run.py: error: --{flag} {parse_value(flag, value)!r}: --preset original runs the original code, "
-        + (f"which hard-codes {parse_value(flag, fixed)!r}")
+        + ("which has no such step" if fixed is None else f"which hard-codes {parse_value(flag, fixed)!r}")
     )
     # the same value as the rule is accepted
-    assert parse_args(["--preset", "original", f"--{flag}", fixed, "--output_path", str(out)])
+    assert fixed is None or parse_args(["--preset", "original", f"--{flag}", fixed, "--output_path", str(out)])
 
 
 def parse_value(flag: str, text: str):
