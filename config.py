@@ -358,8 +358,14 @@ class _Parser(argparse.ArgumentParser):
 
 def _field_type(f: dataclasses.Field) -> tuple[typing.Callable, dict]:
     tp = f.type if not isinstance(f.type, str) else eval(f.type)
-    if isinstance(tp, types.UnionType):  # "float | None"
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if isinstance(tp, types.UnionType):  # "float | None": "none" gives None (e.g. a preset's --retry_below off)
+        value = next(a for a in typing.get_args(tp) if a is not type(None))
+
+        def optional(text: str):
+            return None if text.strip().lower() == "none" else value(text)
+
+        optional.__name__ = value.__name__  # argparse names it in "invalid float value: 'abc'"
+        return optional, {}
     if tp is bool:  # --train, --train True, --train false all work
         return parse_bool, dict(nargs="?", const=True)
     if typing.get_origin(tp) is tuple:

@@ -100,6 +100,9 @@ def test_a_presets_retries_give_way_to_evaluating_or_to_one_run(tmp_path):
     assert (cfg.candidates, cfg.retry_below) == (1, None)
     assert parse_args(["--preset", "digits", "--candidates", "1", *out]).retry_below is None
     assert parse_args(["--preset", "digits-flow", *out]).retry_below is None  # not measured in the flow world
+    # plain --candidates 3 with the preset: every candidate trained, the retries off
+    assert parse_args(["--preset", "digits", "--retry_below", "none", *out]).retry_below is None
+    assert parse_args(["--lr", "None", *out]).lr == 0.00025 * 5  # None: derived from epoch_size
     with pytest.raises(UsageError, match="--retry_below 5.0: needs --candidates 2 or more"):
         parse_args(["--preset", "digits", "--candidates", "1", "--retry_below", "5", *out])
 
