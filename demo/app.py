@@ -112,9 +112,12 @@ def parse_app_args(argv: list[str]) -> tuple[argparse.Namespace, RunConfig]:
     """The server's flags, then everything else through run.py's own parser (config.parse_args, which
     creates the output folder)."""
     args, rest, _ = split_args(argv)
-    cfg = parse_args(rest)
-    cfg.candidates, cfg.retry_below = 1, None  # one token per request, whatever a preset asks (NOT_SERVER_FLAGS)
-    return args, cfg
+    return args, run_config(rest)
+
+
+def run_config(rest: list[str]) -> RunConfig:
+    """The run flags through run.py's parser; one token per request, whatever a preset asks (NOT_SERVER_FLAGS)."""
+    return parse_args([*rest, "--candidates", "1"])  # --candidates 1 also drops a preset's --retry_below
 
 
 def check_address(host: str, port: int) -> None:
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         args, rest, out = split_args(argv)
         check_address(args.host, args.port)
         made = new_folders(out)
-        cfg = parse_args(rest)
+        cfg = run_config(rest)
         temp = private_temp(cfg.output_path)
         from demo.jobs import Jobs
 

@@ -15,7 +15,7 @@ from test_reliability import _all_files_readable
 
 pytestmark = pytest.mark.slow
 
-LONG = ["--num_train_epochs", "20", "--early_stopping", "100", "--accuracy_stop", "1"]
+LONG = ["--num_train_epochs", "10", "--early_stopping", "100", "--accuracy_stop", "1"]
 CLASSES = ["2_tiger_cat", "3_crane", "4_crane"]
 
 
@@ -36,7 +36,7 @@ CASES = {
         False,
     ),
     "evaluation": (
-        ["--class_index", "2-4", "--class_batch", "3", "--test_size", "60", "--eval_batch_size", "2"],
+        ["--class_index", "2-4", "--class_batch", "3", "--test_size", "24", "--eval_batch_size", "2"],
         lambda out: (token_dir(out, "4_crane") / "train_summary.json").exists(),  # trained: evaluating now
         True,
     ),

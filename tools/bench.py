@@ -574,6 +574,8 @@ def digits_cfg(out: Path, epochs: int, device: str, runs: int) -> RunConfig:
         "0",
         "--check_learned",
         "False",
+        "--candidates",  # one run per class: class batching is timed, not the preset's retries
+        "1",
     ]
     return parse_args([*argv, "--class_batch", str(runs)])
 
