@@ -411,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     for flag in ("select_every", "candidates", "retry_below"):  # a preset's snapshots and candidates come from
         if not (values | given).get("train", True) and flag not in given:  # training: none without it
             values.pop(flag, None)
-    if given.get("candidates", 2) < 2 and "retry_below" not in given:
+    if given.get("candidates") == 1 and "retry_below" not in given:
         values.pop("retry_below", None)  # one run asked for: a preset's retries have nothing to add
     return RunConfig(**values | given).finalize()
 

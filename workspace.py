@@ -221,10 +221,10 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], *, process: int = 0,
     if cfg.retry_below is None:
         per_class = train_round(cfg, sd, clf, jobs, range(cfg.candidates), on_epoch)
         scores = selection_scores(cfg, sd, clf, per_class, [name for _, name, _ in jobs])
-        retries = [None] * len(jobs)
-    else:
-        per_class, scores, retries = adaptive_rounds(cfg, sd, clf, jobs, on_epoch)
-    together = sum(len(runs) for runs in per_class) if retries[0] is None else len(jobs)
+        retries, judged = [None] * len(jobs), None
+    else:  # the last round's verdicts are those of the tokens keep_best keeps
+        per_class, scores, retries, judged = adaptive_rounds(cfg, sd, clf, jobs, on_epoch)
+    together = len(jobs) * (cfg.candidates if cfg.retry_below is None else 1)  # the largest batch of runs
     summaries, chosen = [], []
     for mine, score, retry, (c, name, paths) in zip(per_class, scores, retries, jobs):
         summary, token = keep_best(cfg, sd, mine, score, paths)
@@ -232,7 +232,7 @@ def train_batch(cfg: RunConfig, sd, clf, jobs: list[tuple], *, process: int = 0,
         summaries.append(summary | ({} if retry is None else dict(candidates_trained=len(mine), retries=retry)))
         chosen.append((token, c, name))
     if cfg.check_learned:
-        for summary, verdict in zip(summaries, verdicts(cfg, sd, clf, chosen)):
+        for summary, verdict in zip(summaries, judged or verdicts(cfg, sd, clf, chosen)):
             summary["learned"] = verdict
     for summary, (_c, _name, paths) in zip(summaries, jobs):
         write_json(paths.train_summary, summary | {"process": process})
@@ -268,10 +268,11 @@ def adaptive_rounds(cfg: RunConfig, sd, clf, jobs: list[tuple], on_epoch=None) -
     """--retry_below M: candidate 0 of every class, then candidate k + 1 only for the classes whose best
     token so far (chosen as `keep_best` chooses) gains less than M points on the selection seeds, as images
     or under one-pixel shifts (`selection.short_of`), up to --candidates. Those classes train together.
-    Returns each class's runs, their selection scores, and per candidate why the next one was (not) started."""
+    Returns each class's runs, their selection scores, per candidate why the next one was (not) started, and
+    the verdict of each class's best token (the one keep_best keeps)."""
     from selection import best_choice, selection_scores, short_of, token_of, verdicts
 
-    per_class, scores, retries = [[] for _ in jobs], [[] for _ in jobs], [[] for _ in jobs]
+    per_class, scores, retries, judged = [[] for _ in jobs], [[] for _ in jobs], [[] for _ in jobs], [None] * len(jobs)
     todo = list(range(len(jobs)))
     for k in range(cfg.candidates):
         mine = [jobs[i] for i in todo]
@@ -281,7 +282,9 @@ def adaptive_rounds(cfg: RunConfig, sd, clf, jobs: list[tuple], on_epoch=None) -
             scores[i] += score
         choices = [best_choice(per_class[i], scores[i]) for i in todo]
         best = [(token_of(per_class[i], ch), c, n) for i, ch, (c, n, _) in zip(todo, choices, mine)]
-        short = [short_of(v, cfg.retry_below) for v in verdicts(cfg, sd, clf, best)]
+        for i, v in zip(todo, verdicts(cfg, sd, clf, best)):
+            judged[i] = v
+        short = [short_of(judged[i], cfg.retry_below) for i in todo]
         for i, why in zip(todo, short):
             if why is None:
                 note = f"not started: the best token reaches the margin {cfg.retry_below:g}"
@@ -294,7 +297,7 @@ def adaptive_rounds(cfg: RunConfig, sd, clf, jobs: list[tuple], on_epoch=None) -
         todo = [i for i, why in zip(todo, short) if why is not None]
         if not todo:
             break
-    return per_class, scores, retries
+    return per_class, scores, retries, judged
 
 
 def trackers(cfg: RunConfig):

@@ -36,6 +36,7 @@ from prompt_datasets import class_prompt  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Full-build step counts (scaled by --steps-scale).
+STAGES = ("pipeline", "classifier", "classifier_b")
 STEPS = {"vae": 400, "unet": 2400, "classifier": 1500, "classifier_b": 1200}
 BATCH = 64
 TEXT_POSITIONS = 16
@@ -374,11 +375,12 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
 
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    stages = stages or ("pipeline", "classifier", "classifier_b")
+    stages = stages or STAGES
     os.makedirs(out, exist_ok=True)
     info: dict = {"steps_scale": steps_scale, "threads": threads, "timings_s": {}, "steps": {}}
     earlier = Path(out) / "build_info.json"  # a partial build keeps the other stages' entries
-    if stages != ("pipeline", "classifier", "classifier_b") and earlier.exists():
+    partial = set(stages) != set(STAGES) and earlier.exists()
+    if partial:
         info = json.loads(earlier.read_text()) | {"steps_scale": steps_scale, "threads": threads}
     t_all = time.perf_counter()
     x_tr, y_tr, x_te, y_te = load_split()
@@ -429,9 +431,9 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
 
     # The judge never sees an image the training classifier learned from (nor the UNet): classifier_b trains
     # on the held-out split and is measured on the train split, classifier A the other way round.
-    for name, make, norm, seed, lr, fit, unseen in (
-        ("classifier", make_classifier_a, NORM_A, 3, 1e-3, (x_tr, y_tr), (x_te, y_te)),
-        ("classifier_b", make_classifier_b, NORM_B, 4, 2e-3, (x_te, y_te), (x_tr, y_tr)),
+    for name, make, norm, seed, lr, fit, unseen, split in (
+        ("classifier", make_classifier_a, NORM_A, 3, 1e-3, (x_tr, y_tr), (x_te, y_te), "train split"),
+        ("classifier_b", make_classifier_b, NORM_B, 4, 2e-3, (x_te, y_te), (x_tr, y_tr), "held-out split"),
     ):
         if name not in stages:
             continue
@@ -440,7 +442,7 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
         model = make()
         n = info["steps"][name] = scaled(name, steps_scale)
         acc = train_classifier(model, *fit, *unseen, norm, n, seed, lr, name)
-        info[f"{name}_trained_on"] = "train split" if fit[0] is x_tr else "held-out split"
+        info[f"{name}_trained_on"] = split
         info[f"{name}_unseen_accuracy"] = round(acc, 4)
         info[f"{name}_unseen_shifted_accuracy"] = round(shifted_accuracy(model, *unseen, norm), 4)
         print(f"[digits] {name} accuracy on the split it never saw: {acc:.4f}", flush=True)
@@ -450,10 +452,9 @@ def build(out: str, steps_scale: float = 1.0, threads: int = 2, stages: tuple[st
         make_processor(norm).save_pretrained(path)
         stage_done(name, t0)
 
-    timings = info["timings_s"]  # a partial build: the stages' sum, the earlier ones included
-    timings["total"] = round(
-        time.perf_counter() - t_all if len(stages) == 3 else sum(timings.values()) - timings.get("total", 0), 1
-    )
+    timings = info["timings_s"]
+    timings.pop("total", None)  # a partial build: the stages' sum, the earlier ones included
+    timings["total"] = round(sum(timings.values()) if partial else time.perf_counter() - t_all, 1)
     with open(os.path.join(out, "build_info.json"), "w") as f:
         json.dump(info, f, indent=2)
     print(f"[digits] total: {info['timings_s']['total']} s -> {out}", flush=True)
@@ -486,9 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps-scale", type=float, default=1.0, help="multiply every stage's step count")
     ap.add_argument("--quick", action="store_true", help="same as --steps-scale 0.005 (a smoke test)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--stages", nargs="+", choices=["pipeline", "classifier", "classifier_b"], default=None, help="default: all"
-    )
+    ap.add_argument("--stages", nargs="+", choices=list(STAGES), default=None, help="default: all")
     args = ap.parse_args(argv)
     scale = 0.005 if args.quick else args.steps_scale
     build(args.out, scale, args.threads, tuple(args.stages) if args.stages else None)

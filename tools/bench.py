@@ -364,14 +364,13 @@ def load_family(variant: str, shape_name: str, cfg: RunConfig):
     device, dtype = device_dtype(cfg)
     shape = "tiny" if shape_name == "tiny" else "real"
     pipe = model_zoo.pipeline(variant, [CLASS_NAME], shape=shape, device=device, dtype=dtype)
-    words = cfg.placeholder_token, cfg.initializer_token
     return load_sd(
         pipe,
         device,
         dtype,
         size=(cfg.height, cfg.width),
-        placeholder=words[0],
-        initializer=words[1],
+        placeholder=cfg.placeholder_token,
+        initializer=cfg.initializer_token,
         train_encoders=cfg.train_encoders,
     )
 
@@ -923,15 +922,14 @@ def bench_sd(args, shape_name: str, out: Path, result: dict) -> None:
         cfg = make_cfg(shape, folder, device)
         dev, dtype = device_dtype(cfg)
         # a slot per class trained together, as workspace.load_diffusion sizes them (class_batch x candidates)
-        words, slots = (cfg.placeholder_token, cfg.initializer_token), max(CLASS_BATCH_RUNS)
         sd = load_sd(
             str(folder),
             dev,
             dtype,
             size=(cfg.height, cfg.width),
-            placeholder=words[0],
-            initializer=words[1],
-            slots=slots,
+            placeholder=cfg.placeholder_token,
+            initializer=cfg.initializer_token,
+            slots=max(CLASS_BATCH_RUNS),
         )
         clf = build_classifier(shape).to(dev)  # fp32, as workspace.load_diffusion leaves it
         if dev.type == "cuda":
