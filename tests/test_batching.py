@@ -16,6 +16,8 @@ from diffusion import generate, initial_noise, load_sd
 from prompt_datasets import PromptDataset
 from train import train_step
 
+# Measured noise (1 and 2 threads): the gradients differ by at most 1.9e-6 of the largest component, the
+# images by at most 6.3e-7; the tolerances leave a factor of 16 or more for other CPUs' reduction orders.
 GRAD_RTOL = 1e-4  # relative to the largest gradient component
 IMAGE_ATOL = 1e-5  # images in [0, 1]
 

@@ -137,6 +137,8 @@ def test_train_mode_changes_only_rounding(setup):
         loss, _, _ = train_step(sd, clf, ["A photo of newclas crane"], initial_noise(sd, n=1, seed=0), 2, cfg)
         loss.sum().backward()
         results.append((loss.detach(), sd.token.grad.clone()))
+    # Measured: identical at 1 and 2 threads (loss 1.48, gradient up to 1.1e-4); the tolerances allow for a
+    # recomputation that reorders reductions, as test_batching.py measures (1.9e-6 relative).
     torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
 
