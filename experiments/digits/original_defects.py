@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from config import TEST_SEED, VALIDATION_SEED  # noqa: E402
+from report import bounds  # noqa: E402
 from stats import mean_interval, paired_gain  # noqa: E402
 
 AMBIGUOUS_CLASSES = [1, 2, 4, 7, 8, 9]  # 1-based: loop->0, stick->1, curl->3, loop->6, stick->7, curl->8
@@ -99,8 +100,7 @@ def table(results: dict, classes: list[int], seeds: list[int]) -> list[str]:
             cells = [f"{100 * r['baseline']:.0f}->{100 * r['token']:.0f} ({100 * r['gain']:+.0f})" for r in rows]
             mean, low, high = mean_interval([r["gain"] for r in rows])
             pooled = paired_gain(sum((r["_hits"][0] for r in rows), []), sum((r["_hits"][1] for r in rows), []))
-            cells += [f"{100 * mean:+.1f} [{100 * low:+.0f}, {100 * high:+.0f}]"]
-            cells += [f"[{100 * pooled[1]:+.0f}, {100 * pooled[2]:+.0f}]"]
+            cells += [f"{100 * mean:+.1f} {bounds(low, high, signed=True)}", bounds(*pooled[1:], signed=True)]
             lines.append(f"| {variant} | {seed} | {' | '.join(cells)} |")
     return lines
 
