@@ -90,19 +90,29 @@ def summarize(token_dir: Path) -> dict:
 
 
 def table(results: dict, classes: list[int], seeds: list[int]) -> list[str]:
-    lines = ["| variant | seed | " + " | ".join(f"class {c}" for c in classes) + " | mean [t 95%] | pooled 95% |"]
-    lines.append("| --- " * (len(classes) + 4) + "|")
+    """Per variant and training seed: each class's accuracies and gain, the mean gain over the classes with
+    its t and pooled intervals, and the mean difference from the original's gain class by class (t interval)."""
+    head = " | ".join(f"class {c}" for c in classes)
+    lines = [f"| variant | seed | {head} | mean [t 95%] | pooled 95% | vs original [t 95%] |"]
+    lines.append("| --- " * (len(classes) + 5) + "|")
     for variant, by_run in results.items():
         for seed in seeds:
             rows = [by_run[(c, seed)] for c in classes if (c, seed) in by_run]
             if len(rows) < len(classes):
                 continue
             cells = [f"{100 * r['baseline']:.0f}->{100 * r['token']:.0f} ({100 * r['gain']:+.0f})" for r in rows]
-            mean, low, high = mean_interval([r["gain"] for r in rows])
             pooled = paired_gain(sum((r["_hits"][0] for r in rows), []), sum((r["_hits"][1] for r in rows), []))
-            cells += [f"{100 * mean:+.1f} {bounds(low, high, signed=True)}", bounds(*pooled[1:], signed=True)]
+            cells += [with_t([r["gain"] for r in rows]), bounds(*pooled[1:], signed=True)]
+            base = [results.get("original", {}).get((c, seed)) for c in classes]
+            compare = variant != "original" and all(base)
+            cells.append(with_t([r["gain"] - b["gain"] for r, b in zip(rows, base)]) if compare else "")
             lines.append(f"| {variant} | {seed} | {' | '.join(cells)} |")
     return lines
+
+
+def with_t(values: list[float]) -> str:
+    mean, low, high = mean_interval(values)
+    return f"{100 * mean:+.1f} {bounds(low, high, signed=True)}"
 
 
 def main() -> None:

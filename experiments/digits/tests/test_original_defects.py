@@ -53,4 +53,8 @@ def test_summary_and_table_from_a_runs_files(tmp_path):
     lines = table({"original": {(2, 35): a, (4, 35): b}, "no_clip": {(2, 35): a}}, [2, 4], [35])
     assert len(lines) == 3  # header, rule, and only the variant with every class
     assert lines[2].startswith("| original | 35 | 30->60 (+30) | 50->50 (+0) | +15.0 [")
-    assert lines[2].endswith(" | [-3,+31] |")  # the pooled interval [-0.030, +0.309], rounded outward
+    assert lines[2].endswith(" | [-3,+31] |  |")  # the pooled interval [-0.030, +0.309], rounded outward
+    # Against the original, class by class: +0 and -30 points.
+    lines = table({"original": {(2, 35): a, (4, 35): b}, "no_clip": {(2, 35): a, (4, 35): a}}, [2, 4], [35])
+    assert lines[3].startswith("| no_clip | 35 | 30->60 (+30) | 30->60 (+30) | +30.0 [+30,+30] |")
+    assert lines[3].endswith(" | +15.0 [-176,+206] |")  # t with 1 degree of freedom: 15 +- 12.71 * 15
