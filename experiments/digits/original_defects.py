@@ -112,7 +112,7 @@ def table(results: dict, classes: list[int], seeds: list[int]) -> list[str]:
 
 def with_t(values: list[float]) -> str:
     mean, low, high = mean_interval(values)
-    return f"{100 * mean:+.1f} {bounds(low, high, signed=True)}"
+    return f"{100 * mean:+.1f}" + ("" if low is None else f" {bounds(low, high, signed=True)}")  # one class: no t
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from config import ORIGINAL_RULES, parse_args
 from experiments.digits.original_defects import VARIANTS, summarize, table
+from report import bounds
 
 DEFECTS = {
     "no_clip": {"clip_before_backward"},
@@ -58,3 +59,6 @@ def test_summary_and_table_from_a_runs_files(tmp_path):
     lines = table({"original": {(2, 35): a, (4, 35): b}, "no_clip": {(2, 35): a, (4, 35): a}}, [2, 4], [35])
     assert lines[3].startswith("| no_clip | 35 | 30->60 (+30) | 30->60 (+30) | +30.0 [+30,+30] |")
     assert lines[3].endswith(" | +15.0 [-176,+206] |")  # t with 1 degree of freedom: 15 +- 12.71 * 15
+    # One class: its gain, no t interval; pooled over one class is the class's own paired interval.
+    own = bounds(*a["gain_ci"], signed=True)
+    assert table({"original": {(2, 35): a}}, [2], [35])[2] == f"| original | 35 | 30->60 (+30) | +30.0 | {own} |  |"
