@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import TEST_SEED, VALIDATION_SEED  # noqa: E402
 from experiments.digits.replay_selection import judged, offers, world  # noqa: E402
+from report import bounds  # noqa: E402
 from selection import best_offer, short_of, verdicts  # noqa: E402
 from stats import mean_interval, paired_gain  # noqa: E402
 from tokens import load_token  # noqa: E402
@@ -101,7 +102,7 @@ def main() -> None:
         mean, lo, hi = mean_interval([100 * x["gain"][0] for x in xs])
         cost = sum(x["epochs"] for x in xs) / sum(x["one_run_epochs"] for x in xs)
         trained = sum(x["candidates"] for x in xs) / len(xs)
-        span = "" if lo is None else f" [{lo:+.0f}, {hi:+.0f}]"
+        span = "" if lo is None else " " + bounds(lo / 100, hi / 100, signed=True)  # ends rounded outward
         print(
             f"| {rule} | {mean:+.1f}{span} | {min(100 * x['gain'][0] for x in xs):+.0f} | {trained:.2f} | {cost:.2f}x |"
         )
