@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from config import TEST_SEED, VALIDATION_SEED  # noqa: E402
 from report import bounds  # noqa: E402
 from stats import mean_interval, paired_gain  # noqa: E402
+from utils import write_json  # noqa: E402
 
 AMBIGUOUS_CLASSES = [1, 2, 4, 7, 8, 9]  # 1-based: loop->0, stick->1, curl->3, loop->6, stick->7, curl->8
 # Each variant: the original's computation with one defect switched off (config.py's flags of §7).
@@ -44,13 +45,9 @@ VARIANTS = {
 VARIANTS["no_defects"] = [*sum(VARIANTS.values(), []), "--accuracy_stop_keeps", "reaching"]
 
 
-def run_dir(out: Path, variant: str, c: int, seed: int, at: str) -> Path:
-    return out / at / f"{variant}_c{c}_s{seed}"
-
-
 def train(out: Path, variant: str, c: int, seed: int, at: str) -> Path:
     """One run.py run (skipped when its metrics exist); returns its token folder."""
-    folder = run_dir(out, variant, c, seed, at)
+    folder = out / at / f"{variant}_c{c}_s{seed}"
     exp_id = f"{variant}_s{seed}"
     found = list(folder.glob(f"pipeline_token/{c}_*/{exp_id}/metrics.json"))
     if not found:
@@ -71,16 +68,15 @@ def summarize(token_dir: Path) -> dict:
     t = json.loads((token_dir / "train_summary.json").read_text())
     log = [json.loads(line) for line in (token_dir / "train_log.jsonl").read_text().splitlines() if line]
     judge, target = m["eval_classifier"], m["class_index"] - 1
-    tok = [p == target for p in judge["token_predictions"]]
+    tok = [p == target for p in judge["token_predictions"]]  # per seed, for the interval pooled over classes
     base = [p == target for p in judge["baseline_predictions"]]
-    gain, low, high = paired_gain(tok, base)
     regimes = [e["last_image_regime"] for e in log if e.get("last_image_regime")]
     return dict(
         word=m["prompts"]["baseline"].split()[-1],
         baseline=judge["baseline_accuracy"],
         token=judge["token_accuracy"],
-        gain=gain,
-        gain_ci=[low, high],
+        gain=judge["gain"],  # run.py's own paired gain and interval
+        gain_ci=judge["gain_ci"],
         _hits=(tok, base),
         epochs=t["epochs"],
         stop=t["stop"],
@@ -112,7 +108,8 @@ def table(results: dict, classes: list[int], seeds: list[int]) -> list[str]:
 
 def with_t(values: list[float]) -> str:
     mean, low, high = mean_interval(values)
-    return f"{100 * mean:+.1f}" + ("" if low is None else f" {bounds(low, high, signed=True)}")  # one class: no t
+    mean = round(100 * mean, 1) + 0  # + 0: no "-0.0"
+    return f"{mean:+.1f}" + ("" if low is None else f" {bounds(low, high, signed=True)}")  # one class: no t
 
 
 def main() -> None:
@@ -132,9 +129,11 @@ def main() -> None:
     for (v, c, s), d in zip(grid, dirs):
         results[v][(c, s)] = summarize(d)
     print("\n".join(table(results, args.classes, args.seeds)))
-    dump = {v: {f"{c}/{s}": {k: x for k, x in r.items() if not k.startswith("_")} for (c, s), r in runs.items()}
-            for v, runs in results.items()}  # fmt: skip
-    (out / f"original_defects_{args.at}.json").write_text(json.dumps(dump, indent=1))
+    path = out / f"original_defects_{args.at}.json"  # every invocation's runs, merged into the earlier ones
+    dump = json.loads(path.read_text()) if path.exists() else {}
+    for v, runs in results.items():
+        dump.setdefault(v, {}).update({f"{c}/{s}": {k: r[k] for k in r if k != "_hits"} for (c, s), r in runs.items()})
+    write_json(path, dump)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pytest
 from config import ORIGINAL_RULES, parse_args
 from experiments.digits.original_defects import VARIANTS, summarize, table
 from report import bounds
+from stats import paired_gain
 
 DEFECTS = {
     "no_clip": {"clip_before_backward"},
@@ -38,6 +39,8 @@ def write_run(folder, token_hits, baseline_hits, regimes):
     preds = lambda hits: [1 if h else 7 for h in hits]  # noqa: E731  (class 2's target is digit 1)
     judge = dict(token_predictions=preds(token_hits), baseline_predictions=preds(baseline_hits))
     judge |= dict(token_accuracy=sum(token_hits) / 10, baseline_accuracy=sum(baseline_hits) / 10)
+    gain, low, high = paired_gain(token_hits, baseline_hits)  # as run.py writes them
+    judge |= dict(gain=gain, gain_ci=[low, high])
     metrics = dict(class_index=2, prompts=dict(baseline="A photo of a stick"), eval_classifier=judge)
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "train_summary.json").write_text(json.dumps(dict(epochs=len(regimes), stop="100 epochs")))
